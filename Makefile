@@ -1,0 +1,27 @@
+# The two commands of the README: `make dev` and `make test`. Both build the venv first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: dev test install demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+dev: install
+	$(BIN)/relance dev
+
+demo: install
+	$(BIN)/relance demo
+
+test: install
+	bash scripts/ensure-postgres.sh
+	$(BIN)/pytest -q -rs
+
+clean:
+	rm -rf $(VENV) .relance

@@ -1,0 +1,108 @@
+"""Activities of a push journey: send a stage (resumable, never twice), finish with the funnel."""
+
+import asyncio
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+
+from activities.providers.base import OutboundMessage, Provider
+from relance import ledger
+from relance.content import render_stage
+from relance.db import App
+from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
+from relance.models import PushRequest
+
+
+def _checkpoint(details: Any) -> int:
+    """Heartbeat details come back untyped on a retry: rebuild the cursor explicitly."""
+    if isinstance(details, dict):
+        return int(details.get("cursor", 0))
+    return 0
+
+
+class JourneyActivities:
+    def __init__(self, engine: Engine, providers: dict[str, Provider], batch_size: int = 100):
+        self.engine = engine
+        self.providers = providers
+        self.batch_size = batch_size
+
+    def _provider(self, app_key: str) -> Provider:
+        from sqlmodel import Session
+
+        with Session(self.engine) as session:
+            app = session.get(App, app_key)
+        name = app.provider if app else "simulator"
+        return self.providers[name]
+
+    @activity.defn
+    async def send_stage(self, inp: SendStageInput) -> SendStageResult:
+        """Send stage `inp.stage` to every queued recipient, batch by batch, from the checkpoint."""
+        push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
+        request = PushRequest.model_validate(push.request)
+        if inp.stage > 0:
+            await asyncio.to_thread(ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage)
+        changes = [s.notification for s in request.resend.stages[: inp.stage]] if request.resend else []
+        provider = await asyncio.to_thread(self._provider, push.app_key)
+        details = activity.info().heartbeat_details
+        cursor = _checkpoint(details[0]) if details else 0
+        while True:
+            batch, last_id = await asyncio.to_thread(
+                ledger.next_batch, self.engine, inp.msg_id, inp.stage, cursor, self.batch_size
+            )
+            if last_id is None:
+                break
+            if batch:
+                messages = []
+                for item in batch:
+                    content = render_stage(
+                        request.body.notification, changes, item.platform, item.attributes
+                    )
+                    messages.append(
+                        OutboundMessage(
+                            idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
+                            msg_id=inp.msg_id,
+                            stage=inp.stage,
+                            registration_id=item.registration_id,
+                            platform=item.platform,
+                            title=content.title,
+                            alert=content.alert,
+                            extras=content.extras,
+                            time_to_live=request.body.options.time_to_live,
+                        )
+                    )
+                await asyncio.to_thread(
+                    ledger.mark_sending,
+                    self.engine,
+                    {i.delivery_id: (m.title, m.alert) for i, m in zip(batch, messages, strict=True)},
+                )
+                outcomes = {o.registration_id: o for o in await provider.send(messages)}
+                rows = [
+                    ledger.SendOutcomeRow(
+                        delivery_id=i.delivery_id,
+                        registration_id=i.registration_id,
+                        ok=(o := outcomes.get(i.registration_id)) is not None and o.ok,
+                        error=(o.error if o else "provider returned no outcome"),
+                        token_invalid=bool(o and o.token_invalid),
+                    )
+                    for i in batch
+                ]
+                await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)
+            cursor = last_id
+            activity.heartbeat({"cursor": cursor})
+        counts = await asyncio.to_thread(ledger.stage_counts, self.engine, inp.msg_id, inp.stage)
+        progress = await asyncio.to_thread(ledger.progress, self.engine, inp.msg_id)
+        return SendStageResult(
+            stage=inp.stage,
+            targeted=sum(counts.values()),
+            sent=counts.get("sent", 0),
+            failed=counts.get("failed", 0),
+            skipped=counts.get("skipped", 0),
+            progress=progress,
+        )
+
+    @activity.defn
+    async def finish_journey(self, inp: FinishInput) -> Funnel:
+        """Record the journey's end state and return its funnel."""
+        await asyncio.to_thread(ledger.set_state, self.engine, inp.msg_id, inp.state)
+        return await asyncio.to_thread(ledger.funnel, self.engine, inp.msg_id)

@@ -1,0 +1,38 @@
+"""The provider interface: send a batch of rendered messages, get one outcome per message."""
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+
+class OutboundMessage(BaseModel):
+    # The same key on a re-send after a crash lets the provider or device drop the repeat.
+    idempotency_key: str
+    msg_id: str
+    stage: int
+    registration_id: str
+    platform: str
+    title: str | None = None
+    alert: str
+    extras: dict[str, Any] = {}
+    time_to_live: int | None = None
+
+
+class SendOutcome(BaseModel):
+    registration_id: str
+    ok: bool
+    error: str | None = None
+    # The provider says the token is dead: the device is invalidated.
+    token_invalid: bool = False
+
+
+class ProviderError(Exception):
+    """The whole batch could not be handed over; the activity retries it."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, messages: list[OutboundMessage]) -> list[SendOutcome]: ...
+
+    async def aclose(self) -> None: ...

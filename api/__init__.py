@@ -1,0 +1,1 @@
+"""The FastAPI layer: EngageLab-compatible push API, status events in, journeys queried."""

@@ -1,0 +1,89 @@
+"""Errors in EngageLab's shape, `{"error": {"code", "message"}}`, with field details alongside,
+so EngageLab's SDKs raise a readable error."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from relance.ledger import LedgerError
+
+# Codes follow EngageLab's where one exists (21002 missing/malformed, 21003 invalid value,
+# 21004 authentication failed); relance adds 21404 not found, 21409 conflict, 21503 unavailable.
+CODES = {400: 21002, 401: 21004, 404: 21404, 405: 21001, 409: 21409, 422: 21003, 503: 21503}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def error_body(status: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": CODES.get(status, 21000 + status), "message": message}}
+    if details:
+        body["details"] = details
+    return body
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-after", "function-before", "literal[", "list[")):
+            continue  # pydantic's union branch names say nothing to a user
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _expected(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            e = next(e for e in errors if e.get("type") == "json_invalid")
+            ctx = e.get("ctx", {}).get("error", "")
+            return JSONResponse(
+                error_body(400, f"body: expected valid JSON ({ctx})".replace(" ()", ""),
+                           [{"field": "body", "message": "expected valid JSON"}]),
+                status_code=400,
+            )
+        details, seen = [], set()
+        for e in errors:
+            field, message = _field(tuple(e.get("loc", ()))), _expected(e)
+            if (field, message) not in seen:
+                seen.add((field, message))
+                details.append({"field": field, "message": message})
+        first = details[0]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        return JSONResponse(
+            error_body(422, f"{first['field']}: {first['message']}{more}", details), status_code=422
+        )
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status_code, f"{exc.field}: {exc.message}",
+                       [{"field": exc.field, "message": exc.message}]),
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        details = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        headers = {"WWW-Authenticate": 'Basic realm="relance"'} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.status, exc.message, details), exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code)

@@ -1,0 +1,81 @@
+"""The FastAPI app: routes, error shape, the Temporal client and the signal coalescer."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api import errors
+from api.deps import Context
+from api.routes import devices, events, push
+from api.signals import SignalCoalescer
+from relance.db import create_tables, make_engine
+from relance.settings import Settings, get_settings
+
+log = logging.getLogger("relance.api")
+
+
+class Health(BaseModel):
+    status: str
+    temporal: bool
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    context = Context(settings, engine, SignalCoalescer(engine, settings.signal_interval_seconds), client)
+
+    async def _connect() -> None:
+        while context.client is None:
+            try:
+                context.client = await connect_temporal(settings)
+            except Exception as exc:  # noqa: BLE001 — keep serving; /healthz tells
+                log.warning("Temporal at %s not reachable (%s); retrying", settings.temporal_address, exc)
+                await asyncio.sleep(1)
+        context.coalescer.client = context.client
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        context.coalescer.client = context.client
+        tasks = [asyncio.create_task(_connect()), asyncio.create_task(context.coalescer.run())]
+        yield
+        for task in tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        with suppress(Exception):
+            await context.coalescer.flush()
+
+    app = FastAPI(
+        title="relance",
+        version="0.1.0",
+        description="EngageLab-compatible push API that resends, stage by stage, to whoever did "
+        "not act. Authenticate with HTTP Basic `appKey:masterSecret`.",
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    errors.install(app)
+    app.include_router(push.router)
+    app.include_router(events.router)
+    app.include_router(devices.router)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """Liveness, and whether Temporal is connected."""
+        return Health(status="ok", temporal=context.client is not None)
+
+    return app

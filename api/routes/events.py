@@ -1,0 +1,28 @@
+"""POST /v4/events: the native door for status events from devices, SDKs and the simulator."""
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from api.deps import AppDep, ContextDep
+from relance import ledger
+from relance.models import EventBatch
+
+router = APIRouter(tags=["events"])
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+@router.post("/v4/events", response_model=EventsAccepted)
+async def post_events(batch: EventBatch, app: AppDep, ctx: ContextDep) -> EventsAccepted:
+    """Store a batch of status events; acknowledged only once committed to the ledger.
+
+    Idempotent (a repeat changes nothing) and order-tolerant (a click implies delivered and
+    displayed). Journeys learn of them through one coalesced signal per push."""
+    result = await run_in_threadpool(ledger.ingest_events, ctx.engine, app.app_key, batch.events)
+    if result.accepted:
+        ctx.coalescer.mark(result.msg_ids)
+    return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)

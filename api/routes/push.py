@@ -1,0 +1,166 @@
+"""POST /v4/push and friends: accept a push, start its journey, query and stop it."""
+
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from api.deps import AppDep, ContextDep, temporal
+from api.errors import ApiError
+from relance import ledger
+from relance.db import utcnow
+from relance.journey import Funnel, JourneyInput, JourneyPlan, JourneyStatus
+from relance.models import PushAccepted, PushRequest
+from relance.schedule import stage_offsets, stage_times
+from workflows.push_journey import PushJourney, search_attributes
+
+router = APIRouter(tags=["push"])
+
+TERMINAL = {"completed", "cancelled"}
+
+
+class PushValidated(BaseModel):
+    recipients: int
+    schedule: list[datetime]
+
+
+class PushStatusOut(BaseModel):
+    msg_id: str
+    request_id: str | None
+    state: str
+    next_stage: int | None = None
+    next_stage_at: datetime | None = None
+    funnel: Funnel
+    temporal_ui: str = Field(description="The journey in the Temporal Web UI.")
+
+
+class CallbackEvent(BaseModel):
+    id: int
+    event_id: str
+    registration_id: str
+    stage: int
+    status: str
+    at: datetime
+    error: str | None = None
+
+
+class CallbackPage(BaseModel):
+    msg_id: str
+    events: list[CallbackEvent]
+    next_cursor: int | None = Field(None, description="Pass as `cursor` for the next page.")
+
+
+class Cancelled(BaseModel):
+    msg_id: str
+    state: str
+
+
+@router.post("/v4/push", response_model=PushAccepted)
+async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> PushAccepted:
+    """Send a push and start its resend journey; returns the msg_id and each stage's planned time.
+
+    Stage timing: the trigger window closes `within` after stage 0 is sent, and each resend
+    stage's `after` counts from that moment (within 2h, after 1h and 3h: send+3h and send+5h).
+    The same `request_id` from the same app returns the same msg_id and starts nothing new."""
+    client = temporal(ctx)
+    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
+    push = accepted.push
+    offsets = stage_offsets(request.resend)
+    plan = JourneyPlan(
+        msg_id=push.msg_id,
+        app_key=app.app_key,
+        condition=request.resend.trigger.condition if request.resend else None,
+        within_seconds=request.resend.trigger.within.total_seconds() if request.resend else 0,
+        stage_offsets_seconds=[o.total_seconds() for o in offsets],
+    )
+    try:
+        await client.start_workflow(
+            PushJourney.run,
+            JourneyInput(plan=plan),
+            id=f"push-{push.msg_id}",
+            task_queue=ctx.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=search_attributes(push.msg_id, app.app_key, "sending"),
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # the journey of this request already ran to its end
+    except Exception as exc:
+        if accepted.created and request.request_id is None:
+            # No request_id to retry with: leave nothing half-done behind.
+            await run_in_threadpool(ledger.forget_push, ctx.engine, push.msg_id)
+        raise ApiError(503, f"could not start the journey, retry the same request: {exc}") from exc
+    sent_at = utcnow() if accepted.created else push.created_at
+    return PushAccepted(
+        msg_id=push.msg_id, request_id=push.request_id, schedule=stage_times(sent_at, offsets)
+    )
+
+
+@router.post("/v4/push/validate", response_model=PushValidated)
+async def validate_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> PushValidated:
+    """Run every check of POST /v4/push without sending or storing anything."""
+    recipients = await run_in_threadpool(ledger.count_audience, ctx.engine, app.app_key, request)
+    return PushValidated(
+        recipients=recipients, schedule=stage_times(utcnow(), stage_offsets(request.resend))
+    )
+
+
+@router.get("/v4/push/{msg_id}", response_model=PushStatusOut)
+async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
+    """State, next stage and its time, and the funnel so far."""
+    push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
+    funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
+    state, next_stage, next_at = push.state, None, None
+    if push.state not in TERMINAL and ctx.client is not None:
+        live = await _live_status(ctx, msg_id)
+        if live is not None:
+            state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
+    ui = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}/workflows/push-{msg_id}"
+    return PushStatusOut(
+        msg_id=msg_id, request_id=push.request_id, state=state, next_stage=next_stage,
+        next_stage_at=next_at, funnel=funnel, temporal_ui=ui,
+    )
+
+
+async def _live_status(ctx: ContextDep, msg_id: str) -> JourneyStatus | None:
+    assert ctx.client is not None
+    handle = ctx.client.get_workflow_handle(f"push-{msg_id}")
+    try:
+        return await handle.query(PushJourney.status, rpc_timeout=timedelta(seconds=5))
+    except Exception:  # noqa: BLE001 — the ledger answers when the journey cannot
+        return None
+
+
+@router.get("/v4/push/{msg_id}/callbacks", response_model=CallbackPage)
+async def list_callbacks(
+    msg_id: str,
+    app: AppDep,
+    ctx: ContextDep,
+    cursor: int = Query(0, ge=0, description="The `next_cursor` of the previous page."),
+    limit: int = Query(100, ge=1, le=1000),
+) -> CallbackPage:
+    """The status events of one push, oldest first, a page at a time."""
+    await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
+    rows = await run_in_threadpool(ledger.list_events, ctx.engine, msg_id, cursor, limit)
+    events = [CallbackEvent.model_validate(r, from_attributes=True) for r in rows]
+    return CallbackPage(
+        msg_id=msg_id, events=events, next_cursor=events[-1].id if len(events) == limit else None
+    )
+
+
+@router.delete("/v4/push/{msg_id}", response_model=Cancelled)
+async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
+    """Stop the pending resends of a push; its journey ends as cancelled."""
+    push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
+    if push.state in TERMINAL:
+        raise ApiError(409, f"msg_id: the journey already ended ({push.state})", "msg_id")
+    handle = temporal(ctx).get_workflow_handle(f"push-{msg_id}")
+    description = await handle.describe()
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        raise ApiError(409, "msg_id: the journey already ended", "msg_id")
+    await handle.signal(PushJourney.cancel)
+    return Cancelled(msg_id=msg_id, state="cancelling")

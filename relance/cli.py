@@ -1,0 +1,244 @@
+"""The `relance` command: the composition root that starts the parts (dev, worker, api,
+simulator), creates apps and runs the demo."""
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from relance.settings import Settings, get_settings
+
+main = typer.Typer(help="relance: pushes that resend themselves to whoever did not act.",
+                   no_args_is_help=True, add_completion=False)
+app_cli = typer.Typer(help="Apps: the appKey:masterSecret pairs that call the API.")
+main.add_typer(app_cli, name="app")
+
+STATE_DIR = Path(".relance")
+DEV_APP_FILE = STATE_DIR / "dev-app.json"
+
+
+def _log() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@app_cli.command("create")
+def app_create(name: Annotated[str, typer.Option(help="A name for humans.")] = "") -> None:
+    """Create an app and print its appKey and masterSecret (the secret is shown only here)."""
+    from relance import ledger
+    from relance.db import create_tables, make_engine
+
+    engine = make_engine(get_settings().database_url)
+    create_tables(engine)
+    key, secret = ledger.create_app(engine, name)
+    typer.echo(json.dumps({"app_key": key, "master_secret": secret}))
+
+
+@main.command()
+def worker() -> None:
+    """Run the Temporal worker (TEMPORAL_ADDRESS, RELANCE_DATABASE_URL)."""
+    import worker as worker_module
+
+    _log()
+    asyncio.run(worker_module.main())
+
+
+@main.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.main import create_app
+
+    _log()
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+@main.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    seed: int = 42,
+    p_fail: float = 0.02,
+    p_display: float = 0.85,
+    p_click: Annotated[str, typer.Option(help="Per stage, comma-separated.")] = "0.3,0.25,0.2",
+    min_delay_ms: int = 50,
+    max_delay_ms: int = 800,
+    send_latency_ms: int = 0,
+) -> None:
+    """Run the device simulator; it reports events with RELANCE_SIMULATOR_APP_KEY/_MASTER_SECRET
+    (or the dev app's credentials)."""
+    import uvicorn
+
+    from relance.simulator import Behaviour, create_simulator_app, http_reporter
+
+    _log()
+    key, secret = _simulator_credentials()
+    behaviour = Behaviour(
+        seed=seed, p_fail=p_fail, p_display=p_display,
+        p_click=[float(x) for x in p_click.split(",") if x.strip()],
+        min_delay_ms=min_delay_ms, max_delay_ms=max_delay_ms, send_latency_ms=send_latency_ms,
+    )
+    sim = create_simulator_app(behaviour, http_reporter(get_settings().api_url, key, secret))
+    uvicorn.run(sim, host=host, port=port, log_level="warning")
+
+
+def _simulator_credentials() -> tuple[str, str]:
+    key = os.environ.get("RELANCE_SIMULATOR_APP_KEY")
+    secret = os.environ.get("RELANCE_SIMULATOR_MASTER_SECRET")
+    if key and secret:
+        return key, secret
+    return _dev_credentials(get_settings(), create=False)
+
+
+def _dev_credentials(settings: Settings, create: bool) -> tuple[str, str]:
+    """RELANCE_DEV_APP_KEY/RELANCE_DEV_MASTER_SECRET, else the pair kept in .relance/."""
+    if settings.dev_app_key and settings.dev_master_secret:
+        return settings.dev_app_key, settings.dev_master_secret
+    if DEV_APP_FILE.exists():
+        saved = json.loads(DEV_APP_FILE.read_text())
+        return saved["app_key"], saved["master_secret"]
+    if not create:
+        raise typer.BadParameter("no app credentials: run `relance dev` first or set RELANCE_DEV_*")
+    import secrets
+
+    key, secret = "dev" + secrets.token_hex(8), secrets.token_urlsafe(32)
+    STATE_DIR.mkdir(exist_ok=True)
+    DEV_APP_FILE.write_text(json.dumps({"app_key": key, "master_secret": secret}))
+    DEV_APP_FILE.chmod(0o600)
+    return key, secret
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -> list[str]:
+    from relance.binaries import SEARCH_ATTRIBUTES, temporal_cli
+
+    cmd = [temporal_cli(), "server", "start-dev", "--db-filename", str(db_file),
+           "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port),
+           "--log-level", "error"]
+    for name in SEARCH_ATTRIBUTES:
+        cmd += ["--search-attribute", f"{name}=Keyword"]
+    return cmd
+
+
+@main.command()
+def dev(simulate: Annotated[bool, typer.Option(help="Also run the device simulator.")] = True) -> None:
+    """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
+    worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
+    from relance import ledger
+    from relance.db import create_tables, make_engine
+
+    settings = get_settings()
+    STATE_DIR.mkdir(exist_ok=True)
+    key, secret = _dev_credentials(settings, create=True)
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    ledger.create_app(engine, "dev", key, secret)
+    env = {**os.environ, "RELANCE_SIMULATOR_APP_KEY": key, "RELANCE_SIMULATOR_MASTER_SECRET": secret}
+    me = [sys.executable, "-m", "relance.cli"]
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        procs.append(subprocess.Popen(temporal_dev_command(STATE_DIR / "temporal.db"), env=env))
+        _wait_port(7233)
+        procs.append(subprocess.Popen([*me, "worker"], env=env))
+        procs.append(subprocess.Popen([*me, "api"], env=env))
+        if simulate:
+            procs.append(subprocess.Popen([*me, "simulator"], env=env))
+        _wait_port(8000)
+        typer.echo(
+            "\nrelance is up\n"
+            "  API + docs    http://127.0.0.1:8000/docs\n"
+            "  Temporal UI   http://127.0.0.1:8233  (filter: RelanceMsgId=\"<msg_id>\")\n"
+            "  simulator     http://127.0.0.1:8100\n"
+            f"  app key       {key}\n  master secret {secret}\n"
+            "Try `relance demo` in another terminal. Ctrl-C stops everything.\n"
+        )
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        failed = [p.args for p in procs if p.poll() is not None]
+        typer.echo(f"a part stopped: {failed}", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping…")
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@main.command()
+def demo(devices: int = 200) -> None:
+    """The morning-news case on simulated devices, windows shortened to seconds: prints the
+    funnel per stage and the journey's Temporal UI link. Needs `relance dev` running."""
+    settings = get_settings()
+    key, secret = _dev_credentials(settings, create=False)
+    with httpx.Client(base_url=settings.api_url, auth=(key, secret), timeout=30) as client:
+        ids = [f"sim-news-{i:04d}" for i in range(devices)]
+        interests = ["Sports", "Tech", "Politics", "Culture"]
+        client.post("/v4/devices", json={"devices": [
+            {"registration_id": rid, "platform": "android",
+             "attributes": {"interests": [interests[i % 4]]} if i % 5 else {}}
+            for i, rid in enumerate(ids)
+        ]}).raise_for_status()
+        body = {
+            "from": "push",
+            "to": {"registration_id": ids},
+            "body": {"platform": "android", "notification": {"android": {
+                "title": "Morning briefing", "alert": "Today's top stories are in"}}},
+            "resend": {"trigger": {"condition": "not_clicked", "within": "20s"}, "stages": [
+                {"after": "10s", "notification": {"title": "You missed this morning's news"}},
+                {"after": "30s", "notification": {
+                    "template": "{{ interests[0] }} news is waiting for you",
+                    "append": "Tap to catch up in 2 minutes"}},
+            ]},
+        }
+        accepted = client.post("/v4/push", json=body)
+        if accepted.status_code != 200:
+            typer.echo(accepted.text, err=True)
+            raise typer.Exit(1)
+        msg_id = accepted.json()["msg_id"]
+        typer.echo(f"msg_id {msg_id}; schedule: {', '.join(accepted.json()['schedule'])}")
+        last = None
+        while True:
+            status = client.get(f"/v4/push/{msg_id}").json()
+            if status["state"] != last:
+                typer.echo(f"  {time.strftime('%H:%M:%S')} {status['state']}")
+                last = status["state"]
+            if status["state"] in ("completed", "cancelled"):
+                break
+            time.sleep(1)
+        time.sleep(2)  # the last device reports
+        funnel = client.get(f"/v4/push/{msg_id}").json()["funnel"]
+    typer.echo("\nstage  sent  delivered  displayed  clicked")
+    for s in funnel["stages"]:
+        typer.echo(f"{s['stage']:>5} {s['sent']:>5} {s['delivered']:>10} {s['displayed']:>10} {s['clicked']:>8}")
+    typer.echo(f"clicked: {funnel['clicked']} of {funnel['recipients']}, "
+               f"{funnel['clicked_after_resend']} of them after a resend")
+    typer.echo(f"journey: {settings.temporal_ui_url}/namespaces/default/workflows/push-{msg_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""What each recipient sees at each stage: the original notification with the stages' changes.
+
+Stages apply in order (stage 2 builds on stage 1). A template renders per recipient in a jinja2
+sandbox; a missing attribute with no `default` falls back to the stage's plain text.
+"""
+
+from typing import Any
+
+from jinja2 import ChainableUndefined, TemplateError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel
+
+from relance.models import Notification, StageNotification
+
+
+class RenderedContent(BaseModel):
+    title: str | None = None
+    alert: str
+    extras: dict[str, Any] = {}
+
+
+class _Missing(ChainableUndefined):
+    """Chains through `a.b[0]` so `| default(...)` works, but refuses to print itself."""
+
+    def __str__(self) -> str:
+        self._fail_with_undefined_error()
+        return ""  # pragma: no cover
+
+    __iter__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
+    __len__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
+
+
+_env = SandboxedEnvironment(undefined=_Missing, autoescape=False)
+
+
+def check_template(source: str) -> None:
+    """Raise ValueError if a template does not parse."""
+    try:
+        _env.parse(source)
+    except TemplateError as exc:
+        raise ValueError(f"expected a valid template: {exc}") from None
+
+
+def render_template(source: str, attributes: dict[str, Any]) -> str | None:
+    """The rendered text, or None when an attribute is missing or the template fails."""
+    try:
+        return _env.from_string(source).render(**attributes)
+    except (UndefinedError, TemplateError, TypeError, ValueError, LookupError, AttributeError):
+        return None
+
+
+def base_content(notification: Notification, platform: str) -> RenderedContent:
+    specific = getattr(notification, platform, None) if platform in ("android", "ios") else None
+    fallback = notification.android or notification.ios
+    chosen = specific if specific is not None and specific.alert else fallback
+    alert = (chosen.alert if chosen and chosen.alert else None) or notification.alert or ""
+    return RenderedContent(
+        title=chosen.title if chosen else None,
+        alert=alert,
+        extras=dict(chosen.extras or {}) if chosen else {},
+    )
+
+
+def render_stage(
+    notification: Notification,
+    changes: list[StageNotification],
+    platform: str,
+    attributes: dict[str, Any],
+) -> RenderedContent:
+    """Content of the stage whose changes (stages 1..k, in order) are given."""
+    content = base_content(notification, platform)
+    for change in changes:
+        if change.title is not None:
+            content.title = change.title
+        if change.alert is not None:
+            content.alert = change.alert
+        if change.template is not None:
+            rendered = render_template(change.template, attributes)
+            if rendered is not None and rendered.strip():
+                content.alert = rendered
+        if change.append:
+            content.alert = f"{content.alert}\n{change.append}" if content.alert else change.append
+        if change.extras:
+            content.extras = {**content.extras, **change.extras}
+    return content

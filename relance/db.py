@@ -1,0 +1,141 @@
+"""SQLModel tables of the ledger and the engine: SQLite (WAL) by default, any SQLAlchemy URL."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Field, SQLModel, create_engine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class App(SQLModel, table=True):
+    app_key: str = Field(primary_key=True, max_length=64)
+    secret_hash: str = Field(max_length=128)
+    name: str = Field(default="", max_length=128)
+    provider: str = Field(default="simulator", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Device(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("app_key", "registration_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_key: str = Field(index=True, max_length=64)
+    registration_id: str = Field(max_length=256)
+    platform: str = Field(default="android", max_length=16)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    alias: str | None = Field(default=None, max_length=128, index=True)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    valid: bool = True
+    invalid_reason: str | None = Field(default=None, max_length=500)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Push(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("app_key", "request_id"),)
+
+    msg_id: str = Field(primary_key=True, max_length=64)
+    app_key: str = Field(index=True, max_length=64)
+    request_id: str | None = Field(default=None, max_length=128)
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    condition: str | None = Field(default=None, max_length=32)
+    stage_count: int = 0
+    state: str = Field(default="accepted", max_length=32)
+    recipients: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    # Recipient-level first transitions, bumped in the same transaction as the events.
+    seq: int = 0
+    n_delivered: int = 0
+    n_displayed: int = 0
+    n_clicked: int = 0
+    n_failed: int = 0
+    n_stopped: int = 0
+
+
+class Recipient(SQLModel, table=True):
+    """One device of one push, across all its stages: what the trigger condition reads."""
+
+    __table_args__ = (UniqueConstraint("msg_id", "registration_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_id: str = Field(max_length=64)
+    registration_id: str = Field(max_length=256)
+    platform: str = Field(default="android", max_length=16)
+    delivered_at: datetime | None = None
+    displayed_at: datetime | None = None
+    clicked_at: datetime | None = None
+    failed_at: datetime | None = None
+    error: str | None = Field(default=None, max_length=500)
+    stopped: bool = False
+
+
+class Delivery(SQLModel, table=True):
+    """One stage sent (or to send) to one recipient."""
+
+    __table_args__ = (
+        UniqueConstraint("msg_id", "stage", "registration_id"),
+        Index("ix_delivery_page", "msg_id", "stage", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_id: str = Field(max_length=64)
+    stage: int
+    registration_id: str = Field(max_length=256)
+    status: str = Field(default="pending", max_length=16)  # pending|sending|sent|failed|skipped
+    title: str | None = Field(default=None, max_length=200)
+    alert: str | None = Field(default=None, max_length=5000)
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    displayed_at: datetime | None = None
+    clicked_at: datetime | None = None
+    failed_at: datetime | None = None
+    error: str | None = Field(default=None, max_length=500)
+
+
+class StatusEvent(SQLModel, table=True):
+    __table_args__ = (Index("ix_status_event_page", "msg_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    msg_id: str = Field(max_length=64)
+    registration_id: str = Field(max_length=256)
+    stage: int
+    status: str = Field(max_length=16)
+    at: datetime
+    error: str | None = Field(default=None, max_length=500)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """The ledger engine; for SQLite: the folder made, WAL, and write transactions that queue."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let BEGIN below open transactions
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE: take the write lock up front, so concurrent writers wait instead of failing.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)

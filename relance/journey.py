@@ -1,0 +1,115 @@
+"""The models a journey's workflow, its activities and the API exchange (one input model each)."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from relance.models import TriggerCondition
+
+
+class Progress(BaseModel):
+    """Recipient-level counts of a push, as of ledger version `seq` (absolute, so a repeated or
+    late signal changes nothing: the workflow keeps the highest `seq`)."""
+
+    seq: int = 0
+    recipients: int = 0
+    delivered: int = 0
+    displayed: int = 0
+    clicked: int = 0
+    failed: int = 0
+    stopped: int = 0
+
+
+class JourneyPlan(BaseModel):
+    msg_id: str
+    app_key: str
+    condition: TriggerCondition | None = None
+    within_seconds: float = 0
+    # Offsets of resend stages 1..N from the send of stage 0 (see relance.schedule).
+    stage_offsets_seconds: list[float] = Field(default_factory=list)
+
+
+class StageSummary(BaseModel):
+    stage: int
+    sent_at: datetime
+    targeted: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class JourneyCarry(BaseModel):
+    """What a journey carries over continue-as-new."""
+
+    next_stage: int
+    sent_at: datetime | None = None
+    progress: Progress
+    stages: list[StageSummary]
+    cancelled: bool = False
+
+
+class JourneyInput(BaseModel):
+    plan: JourneyPlan
+    carry: JourneyCarry | None = None
+
+
+class JourneyStatus(BaseModel):
+    msg_id: str
+    state: str
+    next_stage: int | None = None
+    next_stage_at: datetime | None = None
+    progress: Progress
+    stages: list[StageSummary]
+
+
+class SendStageInput(BaseModel):
+    msg_id: str
+    stage: int
+
+
+class SendStageResult(BaseModel):
+    stage: int
+    targeted: int
+    sent: int
+    failed: int
+    skipped: int
+    progress: Progress
+
+
+class FinishInput(BaseModel):
+    msg_id: str
+    state: str
+
+
+class StageFunnel(BaseModel):
+    stage: int
+    targeted: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    delivered: int = 0
+    displayed: int = 0
+    clicked: int = 0
+    delivered_rate: float = 0.0
+    displayed_rate: float = 0.0
+    clicked_rate: float = 0.0
+
+
+class Funnel(BaseModel):
+    msg_id: str
+    state: str
+    recipients: int
+    delivered: int
+    displayed: int
+    clicked: int
+    failed: int
+    stages: list[StageFunnel]
+    clicked_after_resend: int = Field(
+        0, description="Recipients whose click came on a resend stage: what the resends added."
+    )
+
+
+class JourneyResult(BaseModel):
+    state: str
+    stages: list[StageSummary]
+    funnel: Funnel

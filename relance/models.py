@@ -1,0 +1,299 @@
+"""Pydantic models of the EngageLab v4 push body, extended with relance's resend policy."""
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from relance.durations import format_duration, parse_duration
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["90s", "2h", "1h30m", "PT2H"]}),
+]
+
+MAX_STAGES = 10
+
+
+class TriggerCondition(StrEnum):
+    """Who a resend stage goes to: the recipients who have not yet reached this status."""
+
+    not_clicked = "not_clicked"
+    not_displayed = "not_displayed"
+    not_delivered = "not_delivered"
+
+
+class EventStatus(StrEnum):
+    sent = "sent"
+    delivered = "delivered"
+    displayed = "displayed"
+    clicked = "clicked"
+    failed = "failed"
+
+
+class Trigger(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    condition: TriggerCondition
+    within: Duration = Field(description="The trigger window, counted from the send of stage 0.")
+
+    @field_validator("within")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("expected a positive duration")
+        return v
+
+
+class StageNotification(BaseModel):
+    """What a resend stage changes; stages apply in order on top of the original notification."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200)
+    alert: str | None = Field(None, max_length=4000)
+    append: str | None = Field(None, max_length=1000, description="A line added to the alert.")
+    extras: dict[str, Any] | None = Field(None, description="Merged into the extras.")
+    template: str | None = Field(
+        None,
+        max_length=4000,
+        description="Jinja alert rendered per recipient from its device attributes (sandboxed); "
+        "a missing attribute falls back to the stage's plain text.",
+    )
+
+
+    @field_validator("template")
+    @classmethod
+    def _parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            from relance.content import check_template  # content imports these models
+
+            check_template(v)
+        return v
+
+
+class ResendStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: Duration = Field(description="Counted from the close of the trigger window.")
+    notification: StageNotification = Field(default_factory=StageNotification)
+
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("expected a positive duration")
+        return v
+
+
+class ResendPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: Trigger
+    stages: list[ResendStage] = Field(min_length=1, max_length=MAX_STAGES)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "ResendPolicy":
+        for i in range(1, len(self.stages)):
+            if self.stages[i].after <= self.stages[i - 1].after:
+                raise ValueError(
+                    f"stages[{i}].after: expected a duration greater than stages[{i - 1}].after "
+                    f"({format_duration(self.stages[i - 1].after)}); stages run in order"
+                )
+        return self
+
+
+class PlatformNotification(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    alert: str | None = Field(None, max_length=4000)
+    title: str | None = Field(None, max_length=200)
+    extras: dict[str, Any] | None = None
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    alert: str | None = Field(None, max_length=4000, description="Default alert for every platform.")
+    android: PlatformNotification | None = None
+    ios: PlatformNotification | None = None
+
+    @model_validator(mode="after")
+    def _has_alert(self) -> "Notification":
+        if not (self.alert or (self.android and self.android.alert) or (self.ios and self.ios.alert)):
+            raise ValueError("expected an alert: set notification.alert or notification.<platform>.alert")
+        return self
+
+
+class PushOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    time_to_live: int | None = Field(None, ge=0, le=15 * 24 * 3600, description="Seconds.")
+
+
+Platform = Literal["android", "ios", "web"]
+
+
+class PushBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    platform: Literal["all"] | Platform | list[Platform] = "all"
+    notification: Notification
+    options: PushOptions = Field(default_factory=PushOptions)
+
+
+class Audience(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    registration_id: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=1000
+    )
+    tag: list[str] | None = Field(None, max_length=20)
+    alias: list[str] | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Audience":
+        kinds = [k for k in ("registration_id", "tag", "alias") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError('expected exactly one of registration_id, tag, alias (or "all")')
+        if not getattr(self, kinds[0]):
+            raise ValueError(f"{kinds[0]}: expected at least one value")
+        return self
+
+
+class PushRequest(BaseModel):
+    """POST /v4/push."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "push",
+                    "to": {"registration_id": ["120c83f760363f06840"]},
+                    "body": {
+                        "platform": "android",
+                        "notification": {
+                            "android": {
+                                "alert": "Flash sale: best sellers almost gone",
+                                "title": "Promotion 618",
+                                "extras": {"newsid": 321},
+                            }
+                        },
+                        "options": {"time_to_live": 60},
+                    },
+                    "request_id": "12345678",
+                    "custom_args": "business info",
+                    "resend": {
+                        "trigger": {"condition": "not_clicked", "within": "6h"},
+                        "stages": [
+                            {"after": "2h", "notification": {"alert": "Limited offer: almost out"}},
+                            {
+                                "after": "5h",
+                                "notification": {
+                                    "alert": "Exclusive coupon: save $5 more",
+                                    "template": "{{ interests[0] | default('Your picks') }} are on sale now",
+                                },
+                            },
+                        ],
+                    },
+                }
+            ]
+        },
+    )
+
+    from_: str = Field("push", alias="from", max_length=64)
+    to: Literal["all"] | Audience
+    body: PushBody
+    request_id: str | None = Field(None, min_length=1, max_length=128)
+    custom_args: Any = None
+    callback_url: list[str] | str | None = None
+    resend: ResendPolicy | None = None
+
+
+class PushAccepted(BaseModel):
+    msg_id: str
+    request_id: str | None = None
+    schedule: list[datetime] = Field(
+        description="When each stage is planned: stage 0 now, then the close of the trigger "
+        "window plus each stage's `after`."
+    )
+
+
+class StatusEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    msg_id: str = Field(min_length=1, max_length=64)
+    registration_id: str = Field(min_length=1, max_length=256)
+    status: EventStatus
+    stage: int | None = Field(None, ge=0, le=MAX_STAGES)
+    at: datetime | None = None
+    error: str | None = Field(None, max_length=500)
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {
+                            "msg_id": "1732300000000123456",
+                            "registration_id": "120c83f760363f06840",
+                            "status": "clicked",
+                            "stage": 0,
+                            "at": "2026-11-23T10:00:00Z",
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+
+    events: list[StatusEventIn] = Field(min_length=1, max_length=5000)
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    registration_id: str = Field(min_length=1, max_length=256)
+    platform: Platform = "android"
+    tags: list[str] = Field(default_factory=list, max_length=100)
+    alias: str | None = Field(None, max_length=128)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceBatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "devices": [
+                        {
+                            "registration_id": "120c83f760363f06840",
+                            "platform": "android",
+                            "tags": ["news"],
+                            "attributes": {"interests": ["Sneakers"]},
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+
+    devices: list[DeviceIn] = Field(min_length=1, max_length=5000)

@@ -1,0 +1,31 @@
+"""Settings, read from RELANCE_* environment variables (and TEMPORAL_ADDRESS)."""
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELANCE_", extra="ignore")
+
+    database_url: str = "sqlite:///.relance/relance.db"
+    temporal_address: str = Field(
+        "localhost:7233", validation_alias=AliasChoices("TEMPORAL_ADDRESS", "RELANCE_TEMPORAL_ADDRESS")
+    )
+    temporal_namespace: str = "default"
+    task_queue: str = "relance"
+    temporal_ui_url: str = "http://localhost:8233"
+    api_url: str = "http://127.0.0.1:8000"
+    simulator_url: str = "http://127.0.0.1:8100"
+    # How long the API gathers status events of one push before signalling its journey.
+    signal_interval_seconds: float = 0.5
+    send_batch_size: int = Field(100, ge=1, le=1000)
+    send_heartbeat_timeout_seconds: float = 15.0
+    dev_app_key: str | None = None
+    dev_master_secret: str | None = None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Deterministic Temporal workflow code: the push journey."""

@@ -1,0 +1,182 @@
+"""PushJourney: send stage 0, wait out the trigger window, then resend stage by stage to whoever
+still matches. Recipients live in the ledger; the workflow holds only counters."""
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from relance.journey import (
+        FinishInput,
+        Funnel,
+        JourneyCarry,
+        JourneyInput,
+        JourneyPlan,
+        JourneyResult,
+        JourneyStatus,
+        Progress,
+        SendStageInput,
+        SendStageResult,
+        StageSummary,
+    )
+
+MSG_ID = SearchAttributeKey.for_keyword("RelanceMsgId")
+APP = SearchAttributeKey.for_keyword("RelanceApp")
+STATE = SearchAttributeKey.for_keyword("RelanceState")
+
+# Temporal caps a run at 10,000 signals; continue well before.
+SIGNALS_PER_RUN = 5_000
+
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["NotFound"],
+)
+
+
+def search_attributes(msg_id: str, app_key: str, state: str) -> TypedSearchAttributes:
+    """What makes journeys filterable in the Temporal UI (no secrets: stored unencrypted)."""
+    return TypedSearchAttributes(
+        [SearchAttributePair(MSG_ID, msg_id), SearchAttributePair(APP, app_key),
+         SearchAttributePair(STATE, state)]
+    )
+
+
+@workflow.defn
+class PushJourney:
+    def __init__(self) -> None:
+        self._progress = Progress()
+        self._stages: list[StageSummary] = []
+        self._state = "sending"
+        self._cancelled = False
+        self._signals = 0
+        self._msg_id = ""
+        self._next_stage: int | None = 0
+        self._next_stage_at: datetime | None = None
+
+    @workflow.signal
+    def record_progress(self, progress: Progress) -> None:
+        """Absolute counts from the ledger; the highest `seq` wins, so duplicates change nothing."""
+        self._signals += 1
+        if progress.seq > self._progress.seq:
+            self._progress = progress
+
+    @workflow.signal
+    def cancel(self) -> None:
+        """Stop pending resends; the journey ends as cancelled."""
+        self._signals += 1
+        self._cancelled = True
+
+    @workflow.query
+    def status(self) -> JourneyStatus:
+        return JourneyStatus(
+            msg_id=self._msg_id,
+            state=self._state,
+            next_stage=self._next_stage,
+            next_stage_at=self._next_stage_at,
+            progress=self._progress,
+            stages=self._stages,
+        )
+
+    def _all_stopped(self) -> bool:
+        p = self._progress
+        return p.recipients > 0 and p.stopped >= p.recipients
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([STATE.value_set(state)])
+
+    @workflow.run
+    async def run(self, inp: JourneyInput) -> JourneyResult:
+        plan = inp.plan
+        self._msg_id = plan.msg_id
+        carry = inp.carry or JourneyCarry(next_stage=0, progress=Progress(), stages=[])
+        self._progress, self._stages = carry.progress, list(carry.stages)
+        self._cancelled = self._cancelled or carry.cancelled
+        self._next_stage, sent_at = carry.next_stage, carry.sent_at
+
+        if self._next_stage == 0 and not self._cancelled:
+            self._set_state("sending")
+            sent_at = workflow.now()
+            await self._send(0)
+            self._next_stage = 1
+        offsets = plan.stage_offsets_seconds
+        assert sent_at is not None
+        while self._next_stage is not None and self._next_stage <= len(offsets):
+            stage = self._next_stage
+            self._next_stage_at = sent_at + timedelta(seconds=offsets[stage - 1])
+            self._set_state("waiting")
+            if await self._wait_until(self._next_stage_at, plan, sent_at):
+                break
+            self._set_state("resending")
+            await self._send(stage)
+            self._next_stage = stage + 1
+        self._next_stage, self._next_stage_at = None, None
+        final = "cancelled" if self._cancelled else "completed"
+        funnel = await workflow.execute_activity(
+            "finish_journey",
+            FinishInput(msg_id=plan.msg_id, state=final),
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=SEND_RETRY,
+            result_type=Funnel,
+        )
+        self._set_state(final)
+        return JourneyResult(state=final, stages=self._stages, funnel=funnel)
+
+    async def _send(self, stage: int) -> None:
+        started = workflow.now()
+        result: SendStageResult = await workflow.execute_activity(
+            "send_stage",
+            SendStageInput(msg_id=self._msg_id, stage=stage),
+            result_type=SendStageResult,
+            start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(seconds=15),
+            retry_policy=SEND_RETRY,
+        )
+        self.record_progress(result.progress)
+        self._signals -= 1  # not a signal: the send's own reading of the ledger
+        self._stages.append(
+            StageSummary(
+                stage=stage, sent_at=started, targeted=result.targeted, sent=result.sent,
+                failed=result.failed, skipped=result.skipped,
+            )
+        )
+
+    async def _wait_until(self, until: datetime, plan: JourneyPlan, sent_at: datetime) -> bool:
+        """Sleep until `until`; True if the journey should stop (cancelled, or everyone stopped)."""
+        while True:
+            if self._cancelled or self._all_stopped():
+                return True
+            remaining = (until - workflow.now()).total_seconds()
+            if remaining <= 0:
+                return False
+            try:
+                await workflow.wait_condition(
+                    lambda: self._cancelled or self._all_stopped() or self._must_continue(),
+                    timeout=timedelta(seconds=remaining),
+                )
+            except asyncio.TimeoutError:
+                return False
+            if self._must_continue():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    JourneyInput(
+                        plan=plan,
+                        carry=JourneyCarry(
+                            next_stage=self._next_stage or 0, sent_at=sent_at,
+                            progress=self._progress, stages=self._stages,
+                            cancelled=self._cancelled,
+                        ),
+                    )
+                )
+
+    def _must_continue(self) -> bool:
+        return self._signals >= SIGNALS_PER_RUN or workflow.info().is_continue_as_new_suggested()
