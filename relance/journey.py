@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from relance.models import TriggerCondition
+from relance.models import PushRequest, TriggerCondition
 
 
 class Progress(BaseModel):
@@ -31,6 +31,7 @@ class JourneyPlan(BaseModel):
 
 class StageSummary(BaseModel):
     stage: int
+    scheduled_at: datetime
     sent_at: datetime
     targeted: int = 0
     sent: int = 0
@@ -113,3 +114,17 @@ class JourneyResult(BaseModel):
     state: str
     stages: list[StageSummary]
     funnel: Funnel
+
+
+def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
+    """The journey plan of an accepted push request (timing from relance.schedule)."""
+    from relance.schedule import stage_offsets
+
+    resend = request.resend
+    return JourneyPlan(
+        msg_id=msg_id,
+        app_key=app_key,
+        condition=resend.trigger.condition if resend else None,
+        within_seconds=resend.trigger.within.total_seconds() if resend else 0,
+        stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
+    )

@@ -30,6 +30,8 @@ class Behaviour(BaseModel):
     min_delay_ms: int = Field(50, ge=0)
     max_delay_ms: int = Field(800, ge=0)
     send_latency_ms: int = Field(0, ge=0)
+    # Scripted devices: registration_id -> the stage at which it clicks (it never fails).
+    clicks_at: dict[str, int] = Field(default_factory=dict)
 
 
 class SimMessage(BaseModel):
@@ -64,6 +66,9 @@ class Fleet:
     def fate(self, msg_id: str, stage: int, rid: str) -> list[str]:
         """What this device will do with this stage: seeded, so the same run gives the same fates."""
         b = self.behaviour
+        if rid in b.clicks_at:
+            clicks = b.clicks_at[rid] == stage
+            return ["delivered", "displayed", "clicked"] if clicks else ["delivered", "displayed"]
         rng = random.Random(f"{b.seed}:{msg_id}:{stage}:{rid}")
         if rng.random() < b.p_fail:
             return ["failed"]

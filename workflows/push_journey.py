@@ -106,7 +106,7 @@ class PushJourney:
         if self._next_stage == 0 and not self._cancelled:
             self._set_state("sending")
             sent_at = workflow.now()
-            await self._send(0)
+            await self._send(0, sent_at)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds
         assert sent_at is not None
@@ -117,7 +117,7 @@ class PushJourney:
             if await self._wait_until(self._next_stage_at, plan, sent_at):
                 break
             self._set_state("resending")
-            await self._send(stage)
+            await self._send(stage, self._next_stage_at)
             self._next_stage = stage + 1
         self._next_stage, self._next_stage_at = None, None
         final = "cancelled" if self._cancelled else "completed"
@@ -131,7 +131,7 @@ class PushJourney:
         self._set_state(final)
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
 
-    async def _send(self, stage: int) -> None:
+    async def _send(self, stage: int, scheduled_at: datetime) -> None:
         started = workflow.now()
         result: SendStageResult = await workflow.execute_activity(
             "send_stage",
@@ -145,7 +145,7 @@ class PushJourney:
         self._signals -= 1  # not a signal: the send's own reading of the ledger
         self._stages.append(
             StageSummary(
-                stage=stage, sent_at=started, targeted=result.targeted, sent=result.sent,
+                stage=stage, scheduled_at=scheduled_at, sent_at=started, targeted=result.targeted, sent=result.sent,
                 failed=result.failed, skipped=result.skipped,
             )
         )

@@ -6,17 +6,17 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import AppDep, ContextDep, temporal
 from api.errors import ApiError
+from api.journeys import start_journey
 from relance import ledger
 from relance.db import utcnow
-from relance.journey import Funnel, JourneyInput, JourneyPlan, JourneyStatus
+from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.models import PushAccepted, PushRequest
 from relance.schedule import stage_offsets, stage_times
-from workflows.push_journey import PushJourney, search_attributes
+from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
 
@@ -69,23 +69,9 @@ async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> Pus
     client = temporal(ctx)
     accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
     push = accepted.push
-    offsets = stage_offsets(request.resend)
-    plan = JourneyPlan(
-        msg_id=push.msg_id,
-        app_key=app.app_key,
-        condition=request.resend.trigger.condition if request.resend else None,
-        within_seconds=request.resend.trigger.within.total_seconds() if request.resend else 0,
-        stage_offsets_seconds=[o.total_seconds() for o in offsets],
-    )
     try:
-        await client.start_workflow(
-            PushJourney.run,
-            JourneyInput(plan=plan),
-            id=f"push-{push.msg_id}",
-            task_queue=ctx.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=search_attributes(push.msg_id, app.app_key, "sending"),
+        await start_journey(
+            client, ctx.settings.task_queue, plan_for(push.msg_id, app.app_key, request)
         )
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
@@ -96,7 +82,9 @@ async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> Pus
         raise ApiError(503, f"could not start the journey, retry the same request: {exc}") from exc
     sent_at = utcnow() if accepted.created else push.created_at
     return PushAccepted(
-        msg_id=push.msg_id, request_id=push.request_id, schedule=stage_times(sent_at, offsets)
+        msg_id=push.msg_id,
+        request_id=push.request_id,
+        schedule=stage_times(sent_at, stage_offsets(request.resend)),
     )
 
 
