@@ -6,12 +6,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from activities.providers.base import OutboundMessage, Provider
+from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from relance import ledger
 from relance.content import render_stage
 from relance.db import App
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
-from relance.models import PushRequest
+from relance.models import PushRequest, StageNotification
 
 
 def _checkpoint(details: Any) -> int:
@@ -53,41 +53,8 @@ class JourneyActivities:
             if last_id is None:
                 break
             if batch:
-                messages = []
-                for item in batch:
-                    content = render_stage(
-                        request.body.notification, changes, item.platform, item.attributes
-                    )
-                    messages.append(
-                        OutboundMessage(
-                            idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
-                            msg_id=inp.msg_id,
-                            stage=inp.stage,
-                            registration_id=item.registration_id,
-                            platform=item.platform,
-                            title=content.title,
-                            alert=content.alert,
-                            extras=content.extras,
-                            time_to_live=request.body.options.time_to_live,
-                        )
-                    )
-                await asyncio.to_thread(
-                    ledger.mark_sending,
-                    self.engine,
-                    {i.delivery_id: (m.title, m.alert) for i, m in zip(batch, messages, strict=True)},
-                )
-                outcomes = {o.registration_id: o for o in await provider.send(messages)}
-                rows = [
-                    ledger.SendOutcomeRow(
-                        delivery_id=i.delivery_id,
-                        registration_id=i.registration_id,
-                        ok=(o := outcomes.get(i.registration_id)) is not None and o.ok,
-                        error=(o.error if o else "provider returned no outcome"),
-                        token_invalid=bool(o and o.token_invalid),
-                    )
-                    for i in batch
-                ]
-                await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)
+                messages = [self._message(inp, request, changes, item) for item in batch]
+                await self._send_batch(provider, inp, batch, messages)
             cursor = last_id
             activity.heartbeat({"cursor": cursor})
         counts = await asyncio.to_thread(ledger.stage_counts, self.engine, inp.msg_id, inp.stage)
@@ -100,6 +67,63 @@ class JourneyActivities:
             skipped=counts.get("skipped", 0),
             progress=progress,
         )
+
+    @staticmethod
+    def _message(
+        inp: SendStageInput, request: PushRequest, changes: list[StageNotification],
+        item: ledger.Outbound,
+    ) -> OutboundMessage:
+        content = render_stage(request.body.notification, changes, item.platform, item.attributes)
+        return OutboundMessage(
+            idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
+            msg_id=inp.msg_id,
+            stage=inp.stage,
+            registration_id=item.registration_id,
+            platform=item.platform,
+            title=content.title,
+            alert=content.alert,
+            extras=content.extras,
+            time_to_live=request.body.options.time_to_live,
+        )
+
+    async def _send_batch(
+        self, provider: Provider, inp: SendStageInput, batch: list[ledger.Outbound],
+        messages: list[OutboundMessage],
+    ) -> None:
+        """Mark the batch as possibly sent, hand it to the provider, record each outcome."""
+        pairs = list(zip(batch, messages, strict=True))
+        await asyncio.to_thread(
+            ledger.mark_sending, self.engine, {i.delivery_id: (m.title, m.alert) for i, m in pairs}
+        )
+        taken = await self._already_received(provider, batch, messages)
+        to_send = [m for m in messages if m.idempotency_key not in taken]
+        outcomes = {o.registration_id: o for o in await provider.send(to_send)} if to_send else {}
+        rows = []
+        for item, message in pairs:
+            outcome = outcomes.get(item.registration_id)
+            if message.idempotency_key in taken:
+                outcome = SendOutcome(registration_id=item.registration_id, ok=True)
+            elif outcome is None:
+                outcome = SendOutcome(
+                    registration_id=item.registration_id, ok=False, error="provider returned no outcome"
+                )
+            rows.append(
+                ledger.SendOutcomeRow(
+                    delivery_id=item.delivery_id, registration_id=item.registration_id,
+                    ok=outcome.ok, error=outcome.error, token_invalid=outcome.token_invalid,
+                )
+            )
+        await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)
+
+    @staticmethod
+    async def _already_received(
+        provider: Provider, batch: list[ledger.Outbound], messages: list[OutboundMessage]
+    ) -> set[str]:
+        """Messages an attempt that crashed mid-send may have handed over: ask the provider."""
+        keys = [m.idempotency_key for i, m in zip(batch, messages, strict=True) if i.resend]
+        if not keys:
+            return set()
+        return await provider.already_received(keys) or set()
 
     @activity.defn
     async def finish_journey(self, inp: FinishInput) -> Funnel:

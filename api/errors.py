@@ -1,6 +1,7 @@
 """Errors in EngageLab's shape, `{"error": {"code", "message"}}`, with field details alongside,
 so EngageLab's SDKs raise a readable error."""
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,9 +42,18 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def _expected(err: dict[str, Any]) -> str:
-    msg = str(err.get("msg", "invalid"))
-    return msg.removeprefix("Value error, ")
+_NESTED = re.compile(r"^(?P<path>[A-Za-z_][\w.\[\]]*): (?P<message>.+)$", re.S)
+
+
+def _located(field: str, err: dict[str, Any]) -> tuple[str, str]:
+    """(field, message); a model-level check that names a sub-field ("stages[1].after: …")
+    is reported at that sub-field."""
+    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    nested = _NESTED.match(message)
+    if nested:
+        path = nested["path"]
+        return (f"{field}.{path}" if field != "body" else path), nested["message"]
+    return field, message
 
 
 def install(app: FastAPI) -> None:
@@ -60,7 +70,7 @@ def install(app: FastAPI) -> None:
             )
         details, seen = [], set()
         for e in errors:
-            field, message = _field(tuple(e.get("loc", ()))), _expected(e)
+            field, message = _located(_field(tuple(e.get("loc", ()))), e)
             if (field, message) not in seen:
                 seen.add((field, message))
                 details.append({"field": field, "message": message})

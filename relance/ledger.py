@@ -632,7 +632,7 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 d.stage,
                 func.count(),
                 func.sum(case((d.status == "sent", 1), else_=0)),
-                func.sum(case((d.status == "failed", 1), else_=0)),
+                func.count(d.failed_at),
                 func.sum(case((d.status == "skipped", 1), else_=0)),
                 func.count(d.delivered_at),
                 func.count(d.displayed_at),

@@ -48,6 +48,10 @@ class SendBody(BaseModel):
     messages: list[SimMessage]
 
 
+class LookupBody(BaseModel):
+    keys: list[str] = Field(max_length=5000)
+
+
 class Fleet:
     """Every virtual device; what each received is counted, repeats included."""
 
@@ -60,12 +64,15 @@ class Fleet:
         self.fates: dict[tuple[str, int, str], list[str]] = {}
         self.reported: Counter[tuple[str, int, str]] = Counter()
         self._queue: list[tuple[float, int, dict[str, Any]]] = []
+        self._inflight: list[tuple[float, int, dict[str, Any]]] = []
         self._n = 0
         self._wake = asyncio.Event()
 
     def fate(self, msg_id: str, stage: int, rid: str) -> list[str]:
         """What this device will do with this stage: seeded, so the same run gives the same fates."""
         b = self.behaviour
+        if rid.startswith("silent-"):
+            return []  # a device that never reports back
         if rid in b.clicks_at:
             clicks = b.clicks_at[rid] == stage
             return ["delivered", "displayed", "clicked"] if clicks else ["delivered", "displayed"]
@@ -113,7 +120,8 @@ class Fleet:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Events not yet acknowledged by relance (queued or being reported)."""
+        return len(self._queue) + len(self._inflight)
 
     async def run_reporter(self) -> None:
         """Report due events in batches; on failure keep them and try again."""
@@ -128,16 +136,19 @@ class Fleet:
             due = []
             while self._queue and self._queue[0][0] <= time.monotonic() and len(due) < 1000:
                 due.append(heapq.heappop(self._queue))
+            self._inflight = due
             try:
                 await self.report([e for _, _, e in due])
             except Exception as exc:  # noqa: BLE001 — any failure: requeue, retry shortly
                 log.warning("reporting %d events failed (%r); retrying", len(due), exc)
                 for item in due:
                     heapq.heappush(self._queue, item)
+                self._inflight = []
                 await asyncio.sleep(0.5)
                 continue
             for _, _, e in due:
                 self.reported[(e["msg_id"], e["stage"], e["status"])] += 1
+            self._inflight = []
 
     def stats(self, msg_id: str) -> dict[str, Any]:
         stages: dict[int, dict[str, int]] = defaultdict(
@@ -154,7 +165,9 @@ class Fleet:
         return {
             "msg_id": msg_id,
             "stages": {str(k): v for k, v in sorted(stages.items())},
-            "pending_reports": sum(1 for _, _, e in self._queue if e["msg_id"] == msg_id),
+            "pending_reports": sum(
+                1 for _, _, e in [*self._queue, *self._inflight] if e["msg_id"] == msg_id
+            ),
         }
 
     def messages(self, msg_id: str, stage: int) -> list[dict[str, Any]]:
@@ -192,6 +205,11 @@ def create_simulator_app(behaviour: Behaviour, report: Report) -> FastAPI:
     async def send(body: SendBody) -> dict[str, Any]:
         """Deliver a batch of messages to virtual devices."""
         return {"results": await fleet.receive(body.messages)}
+
+    @app.post("/v1/lookup")
+    async def lookup(body: LookupBody) -> dict[str, list[str]]:
+        """Which of these idempotency keys were already received (the sender's crash recovery)."""
+        return {"received": [k for k in body.keys if k in fleet.seen_keys]}
 
     @app.get("/v1/stats/{msg_id}")
     async def stats(msg_id: str) -> dict[str, Any]:

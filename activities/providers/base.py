@@ -35,4 +35,8 @@ class Provider(Protocol):
 
     async def send(self, messages: list[OutboundMessage]) -> list[SendOutcome]: ...
 
+    async def already_received(self, keys: list[str]) -> set[str] | None:
+        """After a crash mid-send: which of these messages the provider already took, or None
+        when it cannot tell (then they are sent again with the same idempotency key)."""
+
     async def aclose(self) -> None: ...

@@ -22,5 +22,13 @@ class SimulatorProvider:
             raise ProviderError(f"simulator answered {response.status_code}: {response.text[:200]}")
         return [SendOutcome.model_validate(r) for r in response.json()["results"]]
 
+    async def already_received(self, keys: list[str]) -> set[str] | None:
+        try:
+            response = await self._client.post("/v1/lookup", json={"keys": keys})
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"simulator lookup failed: {exc!r}") from exc
+        return set(response.json()["received"])
+
     async def aclose(self) -> None:
         await self._client.aclose()

