@@ -68,9 +68,13 @@ def install(app: FastAPI) -> None:
                            [{"field": "body", "message": "expected valid JSON"}]),
                 status_code=400,
             )
+        located = [(_located(_field(tuple(e.get("loc", ()))), e), e.get("type")) for e in errors]
+        fields = [f for (f, _), _ in located]
         details, seen = [], set()
-        for e in errors:
-            field, message = _located(_field(tuple(e.get("loc", ()))), e)
+        for (field, message), kind in located:
+            others = sum(f == field or f.startswith((f"{field}.", f"{field}[")) for f in fields)
+            if kind == "literal_error" and others > 1:
+                continue  # `to` may be "all" or an object: report what is wrong in the object
             if (field, message) not in seen:
                 seen.add((field, message))
                 details.append({"field": field, "message": message})
