@@ -27,6 +27,8 @@ class JourneyPlan(BaseModel):
     within_seconds: float = 0
     # Offsets of resend stages 1..N from the send of stage 0 (see relance.schedule).
     stage_offsets_seconds: list[float] = Field(default_factory=list)
+    # Temporal caps a run at 10,000 signals; the journey continues-as-new well before.
+    signals_per_run: int = Field(5_000, ge=1, le=9_000)
 
 
 class StageSummary(BaseModel):

@@ -21,7 +21,6 @@ class Settings(BaseSettings):
     # How long the API gathers status events of one push before signalling its journey.
     signal_interval_seconds: float = 0.5
     send_batch_size: int = Field(100, ge=1, le=1000)
-    send_heartbeat_timeout_seconds: float = 15.0
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

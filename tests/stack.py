@@ -49,6 +49,7 @@ class Stack:
     fleet: Fleet
     engine: Engine
     settings: Settings
+    app_key: str
 
 
 @asynccontextmanager
@@ -75,7 +76,7 @@ async def inprocess_stack(
         httpx.AsyncClient(base_url=settings.api_url, auth=(key, secret)) as api,
         httpx.AsyncClient(base_url=settings.simulator_url) as sim,
     ):
-        yield Stack(api, sim, sim_app.state.fleet, engine, settings)
+        yield Stack(api, sim, sim_app.state.fleet, engine, settings, key)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -31,9 +31,6 @@ MSG_ID = SearchAttributeKey.for_keyword("RelanceMsgId")
 APP = SearchAttributeKey.for_keyword("RelanceApp")
 STATE = SearchAttributeKey.for_keyword("RelanceState")
 
-# Temporal caps a run at 10,000 signals; continue well before.
-SIGNALS_PER_RUN = 5_000
-
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(minutes=1),
@@ -60,6 +57,7 @@ class PushJourney:
         self._msg_id = ""
         self._next_stage: int | None = 0
         self._next_stage_at: datetime | None = None
+        self._signals_per_run = 5_000
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -97,7 +95,7 @@ class PushJourney:
     @workflow.run
     async def run(self, inp: JourneyInput) -> JourneyResult:
         plan = inp.plan
-        self._msg_id = plan.msg_id
+        self._msg_id, self._signals_per_run = plan.msg_id, plan.signals_per_run
         carry = inp.carry or JourneyCarry(next_stage=0, progress=Progress(), stages=[])
         self._progress, self._stages = carry.progress, list(carry.stages)
         self._cancelled = self._cancelled or carry.cancelled
@@ -179,4 +177,7 @@ class PushJourney:
                 )
 
     def _must_continue(self) -> bool:
-        return self._signals >= SIGNALS_PER_RUN or workflow.info().is_continue_as_new_suggested()
+        return (
+            self._signals >= self._signals_per_run
+            or workflow.info().is_continue_as_new_suggested()
+        )

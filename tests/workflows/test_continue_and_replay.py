@@ -1,0 +1,73 @@
+"""A journey continues-as-new before Temporal's signal cap without losing its timing, and
+recorded journey histories replay deterministically against the current workflow code."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from api.journeys import start_journey
+from relance import ledger
+from relance.journey import plan_for
+from relance.models import PushRequest
+from relance.simulator import Behaviour
+from tests.stack import eventually, inprocess_stack
+from tests.workflows.test_push_journey import DEVICES, NEWS, push_body, stages_done
+from workflows.push_journey import PushJourney
+
+HISTORIES = Path(__file__).parent.parent / "histories"
+
+
+async def test_journey_continues_as_new_and_keeps_its_schedule(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    behaviour = Behaviour(clicks_at={"dev-00": 0}, p_click=[0.0], p_fail=0.0,
+                          min_delay_ms=1, max_delay_ms=10)
+    async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
+        key = stack.app_key
+        request = PushRequest.model_validate(push_body(NEWS))
+        push = ledger.accept_push(stack.engine, key, request).push
+        plan = plan_for(push.msg_id, key, request).model_copy(update={"signals_per_run": 3})
+        handle = await start_journey(time_env.client, task_queue, plan)
+        first_run = handle.result_run_id
+        await eventually(lambda: stages_done(time_env, push.msg_id, 1))
+        # A storm of (duplicate) progress signals during the trigger window.
+        for _ in range(7):
+            await handle.signal(PushJourney.record_progress, ledger.progress(stack.engine, push.msg_id))
+        first = time_env.client.get_workflow_handle(handle.id, run_id=first_run)
+        await eventually(lambda: _continued(first))
+        result = await handle.result()
+
+    assert result.state == "completed"
+    assert [s.stage for s in result.stages] == [0, 1, 2]
+    start_at = result.stages[0].sent_at
+    assert [s.scheduled_at - start_at for s in result.stages] == [
+        timedelta(0), timedelta(hours=3), timedelta(hours=5)]
+    assert [s.sent for s in result.stages] == [len(DEVICES), len(DEVICES) - 1, len(DEVICES) - 1]
+
+    histories = [await first.fetch_history(),
+                 await time_env.client.get_workflow_handle(handle.id).fetch_history()]
+    replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
+    for history in histories:
+        await replayer.replay_workflow(history)
+    if os.environ.get("RELANCE_RECORD_HISTORIES"):
+        for name, history in zip(("news-continued", "news-final"), histories, strict=True):
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def _continued(handle: object) -> bool:
+    description = await handle.describe()  # type: ignore[attr-defined]
+    return bool(description.status == WorkflowExecutionStatus.CONTINUED_AS_NEW)
+
+
+async def test_recorded_histories_replay_on_the_current_code() -> None:
+    files = sorted(HISTORIES.glob("*.json"))
+    assert files, "no recorded histories: run with RELANCE_RECORD_HISTORIES=1 once"
+    replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
+    for path in files:
+        history = WorkflowHistory.from_json(f"push-{path.stem}", path.read_text())
+        await replayer.replay_workflow(history)
