@@ -6,7 +6,7 @@ sandbox; a missing attribute with no `default` falls back to the stage's plain t
 
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateError, UndefinedError
+from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
@@ -26,6 +26,7 @@ class _Missing(ChainableUndefined):
         self._fail_with_undefined_error()
         return ""  # pragma: no cover
 
+    __repr__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
     __iter__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
     __len__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
 
@@ -45,19 +46,24 @@ def render_template(source: str, attributes: dict[str, Any]) -> str | None:
     """The rendered text, or None when an attribute is missing or the template fails."""
     try:
         return _env.from_string(source).render(**attributes)
-    except (UndefinedError, TemplateError, TypeError, ValueError, LookupError, AttributeError):
+    except Exception:  # noqa: BLE001 — whatever a template does with odd attributes, never fail a send
         return None
 
 
 def base_content(notification: Notification, platform: str) -> RenderedContent:
+    """The device's platform section, else the top-level alert, else another platform's."""
     specific = getattr(notification, platform, None) if platform in ("android", "ios") else None
-    fallback = notification.android or notification.ios
-    chosen = specific if specific is not None and specific.alert else fallback
-    alert = (chosen.alert if chosen and chosen.alert else None) or notification.alert or ""
+    if specific is not None and specific.alert:
+        chosen = specific
+    elif notification.alert:
+        chosen = specific  # its title and extras, with the default alert
+    else:
+        chosen = notification.android or notification.ios
+    alert = (chosen.alert if chosen is not None and chosen.alert else None) or notification.alert
     return RenderedContent(
-        title=chosen.title if chosen else None,
-        alert=alert,
-        extras=dict(chosen.extras or {}) if chosen else {},
+        title=chosen.title if chosen is not None else None,
+        alert=alert or "",
+        extras=dict(chosen.extras or {}) if chosen is not None else {},
     )
 
 

@@ -136,34 +136,25 @@ def _audience(session: Session, app_key: str, request: PushRequest) -> list[Devi
     to = request.to
     if to != "all" and to.registration_id is not None:
         ids = list(dict.fromkeys(to.registration_id))
+        # A registration id not seen before is registered on the spot, on the push's platform
+        # (ON CONFLICT DO NOTHING: two pushes racing to the same new device both succeed).
+        platform = request.body.platform
+        default_platform = platform if isinstance(platform, str) and platform != "all" else "android"
+        now = utcnow()
+        session.execute(
+            _insert(session)(Device.__table__)  # type: ignore[attr-defined]
+            .values([
+                {"app_key": app_key, "registration_id": rid, "platform": default_platform,
+                 "tags": [], "attributes": {}, "valid": True, "updated_at": now}
+                for rid in ids
+            ])
+            .on_conflict_do_nothing(index_elements=["app_key", "registration_id"])
+        )
         known = {
             d.registration_id: d
             for d in session.exec(query.where(Device.registration_id.in_(ids))).scalars()  # type: ignore[call-overload]
         }
-        invalid = set(
-            session.exec(  # type: ignore[call-overload]
-                select(Device.registration_id).where(
-                    Device.app_key == app_key,
-                    Device.registration_id.in_(ids),
-                    Device.valid.is_(False),  # type: ignore[attr-defined]
-                )
-            ).scalars()
-        )
-        # A registration id not seen before is registered on the spot, on the push's platform.
-        default_platform = (
-            request.body.platform
-            if isinstance(request.body.platform, str) and request.body.platform != "all"
-            else "android"
-        )
-        devices = []
-        for rid in ids:
-            if rid in invalid:
-                continue
-            device = known.get(rid)
-            if device is None:
-                device = Device(app_key=app_key, registration_id=rid, platform=default_platform)
-                session.add(device)
-            devices.append(device)
+        devices = [known[rid] for rid in ids if rid in known]
     elif to != "all" and to.alias is not None:
         devices = list(session.exec(query.where(Device.alias.in_(to.alias))).scalars())  # type: ignore[call-overload,union-attr]
     elif to != "all" and to.tag is not None:

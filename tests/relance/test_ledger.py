@@ -1,0 +1,392 @@
+"""The ledger on SQLite and PostgreSQL: apps, accepting pushes, status events, sending, funnel."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from relance import ledger
+from relance.db import Delivery, Device, Push, Recipient, StatusEvent
+from relance.ledger import LedgerError, NotFound, SendOutcomeRow
+from relance.models import DeviceIn, PushRequest, StatusEventIn
+
+NOT_CLICKED = {
+    "trigger": {"condition": "not_clicked", "within": "2h"},
+    "stages": [
+        {"after": "1h", "notification": {"title": "Still on"}},
+        {"after": "3h", "notification": {"append": "3 more stories"}},
+    ],
+}
+
+
+@pytest.fixture
+def app(engine: Engine) -> str:
+    return ledger.create_app(engine, "shop")[0]
+
+
+def register(engine: Engine, app: str, *devices: dict[str, Any]) -> None:
+    ledger.upsert_devices(engine, app, [DeviceIn.model_validate(d) for d in devices])
+
+
+def push_request(to: Any, request_id: str | None = None, platform: Any = "all") -> PushRequest:
+    return PushRequest.model_validate(
+        {
+            "to": to,
+            "body": {"platform": platform, "notification": {"alert": "Flash sale"}},
+            "request_id": request_id,
+            "resend": NOT_CLICKED,
+        }
+    )
+
+
+def push(engine: Engine, app: str, to: Any, **kw: Any) -> str:
+    return ledger.accept_push(engine, app, push_request(to, **kw)).push.msg_id
+
+
+def recipients(engine: Engine, msg_id: str) -> set[str]:
+    with Session(engine) as s:
+        q = select(Recipient.registration_id).where(Recipient.msg_id == msg_id)
+        return set(s.execute(q).scalars())
+
+
+def count(engine: Engine, table: Any, **where: Any) -> int:
+    q = select(func.count()).select_from(table)
+    for column, value in where.items():
+        q = q.where(getattr(table, column) == value)
+    with Session(engine) as s:
+        return int(s.execute(q).scalar_one())
+
+
+def ev(msg_id: str, rid: str, status: str, stage: int | None = 0) -> StatusEventIn:
+    return StatusEventIn.model_validate(
+        {"msg_id": msg_id, "registration_id": rid, "status": status, "stage": stage}
+    )
+
+
+def send(engine: Engine, msg_id: str, stage: int, dead: frozenset[str] = frozenset()) -> list[str]:
+    """Send a stage as the send activity does; tokens in `dead` come back as unregistered."""
+    sent, after = [], 0
+    while True:
+        batch, last = ledger.next_batch(engine, msg_id, stage, after, 2)
+        if last is None:
+            return sent
+        after = last
+        ledger.mark_sending(engine, {o.delivery_id: ("T", f"alert {stage}") for o in batch})
+        ledger.record_outcomes(
+            engine,
+            msg_id,
+            stage,
+            [
+                SendOutcomeRow(
+                    o.delivery_id,
+                    o.registration_id,
+                    ok=o.registration_id not in dead,
+                    error="Unregistered" if o.registration_id in dead else None,
+                    token_invalid=o.registration_id in dead,
+                )
+                for o in batch
+            ],
+        )
+        sent += [o.registration_id for o in batch if o.registration_id not in dead]
+
+
+# ---- apps ---------------------------------------------------------------------------------
+
+
+def test_create_app_and_authenticate(engine: Engine) -> None:
+    key, secret = ledger.create_app(engine, "shop")
+    found = ledger.authenticate(engine, key, secret)
+    assert found is not None and found.app_key == key and found.name == "shop"
+    assert ledger.authenticate(engine, key, secret + "x") is None
+    assert ledger.authenticate(engine, "nope", secret) is None
+
+
+def test_create_app_with_a_given_key_rotates_its_secret(engine: Engine) -> None:
+    key, old = ledger.create_app(engine, "shop", app_key="k1", secret="old-secret")
+    ledger.create_app(engine, "shop", app_key="k1", secret="new-secret")
+    assert ledger.authenticate(engine, key, old) is None
+    assert ledger.authenticate(engine, key, "new-secret") is not None
+
+
+# ---- accepting pushes ---------------------------------------------------------------------
+
+
+def test_same_request_id_returns_the_same_push(engine: Engine, app: str) -> None:
+    first = ledger.accept_push(engine, app, push_request({"registration_id": ["a", "b"]}, "r-1"))
+    again = ledger.accept_push(engine, app, push_request({"registration_id": ["a", "b"]}, "r-1"))
+    assert first.created and not again.created
+    assert again.push.msg_id == first.push.msg_id
+    assert count(engine, Push) == 1
+    assert count(engine, Recipient) == 2
+
+
+def test_request_ids_are_per_app(engine: Engine, app: str) -> None:
+    other = ledger.create_app(engine, "other")[0]
+    mine = push(engine, app, {"registration_id": ["a"]}, request_id="r-1")
+    theirs = push(engine, other, {"registration_id": ["a"]}, request_id="r-1")
+    assert mine != theirs
+
+
+def test_racing_the_same_request_id_records_one_push(engine: Engine, app: str) -> None:
+    register(engine, app, *({"registration_id": f"d{i}"} for i in range(5)))
+    start = threading.Barrier(8)
+
+    def attempt(_: int) -> tuple[str, bool]:
+        start.wait()
+        accepted = ledger.accept_push(
+            engine, app, push_request({"registration_id": [f"d{i}" for i in range(5)]}, "race")
+        )
+        return accepted.push.msg_id, accepted.created
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(8)))
+    assert len({msg_id for msg_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert count(engine, Push) == 1
+    assert count(engine, Recipient) == 5
+    assert count(engine, Delivery) == 5
+
+
+def test_racing_pushes_to_a_new_device_are_all_accepted(engine: Engine, app: str) -> None:
+    start = threading.Barrier(8)
+
+    def attempt(i: int) -> str:
+        start.wait()
+        to = {"registration_id": ["brand-new"]}
+        return ledger.accept_push(engine, app, push_request(to, f"r-{i}")).push.msg_id
+
+    with ThreadPoolExecutor(8) as pool:
+        assert len(set(pool.map(attempt, range(8)))) == 8
+    assert count(engine, Device, registration_id="brand-new") == 1
+
+
+def test_empty_audience_is_refused(engine: Engine, app: str) -> None:
+    register(engine, app, {"registration_id": "a", "tags": ["sport"]})
+    with pytest.raises(LedgerError) as info:
+        push(engine, app, {"tag": ["news"]})
+    assert info.value.field == "to"
+    assert count(engine, Push) == 0
+
+
+def test_invalid_devices_are_left_out(engine: Engine, app: str) -> None:
+    register(engine, app, *({"registration_id": r} for r in "abc"))
+    with Session(engine) as s:
+        s.execute(update(Device).where(Device.registration_id == "b").values(valid=False))
+        s.commit()
+    assert recipients(engine, push(engine, app, {"registration_id": ["a", "b", "c"]})) == {"a", "c"}
+    assert recipients(engine, push(engine, app, "all")) == {"a", "c"}
+    with pytest.raises(LedgerError) as info:
+        push(engine, app, {"registration_id": ["b"]})
+    assert info.value.field == "to"
+
+
+def test_tag_alias_and_all_resolve_from_the_registry(engine: Engine, app: str) -> None:
+    other = ledger.create_app(engine, "other")[0]
+    register(
+        engine,
+        app,
+        {"registration_id": "a", "tags": ["news"]},
+        {"registration_id": "b", "tags": ["news", "sport"]},
+        {"registration_id": "c", "tags": ["sport"]},
+        {"registration_id": "i", "tags": ["news"], "platform": "ios"},
+        {"registration_id": "d", "alias": "alice"},
+        {"registration_id": "e", "alias": "alice"},
+        {"registration_id": "f", "alias": "bob"},
+    )
+    register(engine, other, {"registration_id": "x", "tags": ["news"], "alias": "alice"})
+    assert recipients(engine, push(engine, app, {"tag": ["news"]})) == {"a", "b", "i"}
+    assert recipients(engine, push(engine, app, {"tag": ["news", "sport"]})) == {"a", "b", "c", "i"}
+    assert recipients(engine, push(engine, app, {"tag": ["news"]}, platform="ios")) == {"i"}
+    assert recipients(engine, push(engine, app, {"alias": ["alice"]})) == {"d", "e"}
+    assert recipients(engine, push(engine, app, {"alias": ["alice", "bob"]})) == {"d", "e", "f"}
+    assert recipients(engine, push(engine, app, "all")) == set("abcidef")
+
+
+# ---- status events ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def msg_id(engine: Engine, app: str) -> str:
+    return push(engine, app, {"registration_id": ["a", "b", "c"]})
+
+
+def test_a_duplicate_event_changes_nothing(engine: Engine, app: str, msg_id: str) -> None:
+    first = ledger.ingest_events(engine, app, [ev(msg_id, "a", "delivered")])
+    assert (first.accepted, first.duplicates, first.msg_ids) == (1, 0, {msg_id})
+    before = ledger.progress(engine, msg_id)
+    again = ledger.ingest_events(engine, app, [ev(msg_id, "a", "delivered")])
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert ledger.progress(engine, msg_id) == before
+    assert before.delivered == 1
+    assert count(engine, StatusEvent, msg_id=msg_id) == 1
+
+
+def test_duplicates_inside_one_batch_count_once(engine: Engine, app: str, msg_id: str) -> None:
+    result = ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked")] * 3)
+    assert (result.accepted, result.duplicates) == (1, 2)
+    assert ledger.progress(engine, msg_id).clicked == 1
+
+
+def test_a_click_before_delivery_counts_as_delivered_and_displayed(
+    engine: Engine, app: str, msg_id: str
+) -> None:
+    ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked")])
+    with Session(engine) as s:
+        r = s.execute(
+            select(Recipient).where(Recipient.msg_id == msg_id, Recipient.registration_id == "a")
+        ).scalar_one()
+        d = s.execute(
+            select(Delivery).where(
+                Delivery.msg_id == msg_id, Delivery.stage == 0, Delivery.registration_id == "a"
+            )
+        ).scalar_one()
+    assert None not in (r.delivered_at, r.displayed_at, r.clicked_at)
+    assert None not in (d.delivered_at, d.displayed_at, d.clicked_at)
+    assert r.stopped
+    p = ledger.progress(engine, msg_id)
+    assert (p.delivered, p.displayed, p.clicked, p.stopped) == (1, 1, 1, 1)
+
+    late = ledger.ingest_events(
+        engine, app, [ev(msg_id, "a", "delivered"), ev(msg_id, "a", "displayed")]
+    )
+    assert late.accepted == 2  # stored for the record, but already counted
+    assert ledger.progress(engine, msg_id) == p
+
+
+def test_another_apps_msg_id_is_not_found(engine: Engine, app: str, msg_id: str) -> None:
+    other = ledger.create_app(engine, "other")[0]
+    theirs = push(engine, other, {"registration_id": ["a"]})
+    with pytest.raises(NotFound) as info:
+        ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked"), ev(theirs, "a", "clicked")])
+    assert info.value.field == "events[1].msg_id"
+    assert ledger.progress(engine, msg_id).clicked == 0
+    assert count(engine, StatusEvent) == 0
+
+
+def test_an_event_for_a_non_recipient_is_refused(engine: Engine, app: str, msg_id: str) -> None:
+    with pytest.raises(LedgerError) as info:
+        ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked"), ev(msg_id, "zz", "clicked")])
+    assert not isinstance(info.value, NotFound)
+    assert info.value.field == "events[1].registration_id"
+    assert count(engine, StatusEvent) == 0
+
+
+def test_progress_and_seq(engine: Engine, app: str, msg_id: str) -> None:
+    p0 = ledger.progress(engine, msg_id)
+    assert (p0.recipients, p0.delivered, p0.clicked) == (3, 0, 0)
+
+    ledger.ingest_events(engine, app, [ev(msg_id, "a", "delivered"), ev(msg_id, "b", "displayed")])
+    p1 = ledger.progress(engine, msg_id)
+    assert (p1.delivered, p1.displayed, p1.clicked, p1.stopped) == (2, 1, 0, 0)
+    assert p1.seq > p0.seq
+
+    ledger.ingest_events(engine, app, [ev(msg_id, "a", "delivered"), ev(msg_id, "c", "sent")])
+    assert ledger.progress(engine, msg_id) == p1  # a duplicate and a "sent": nothing changed
+
+    ledger.ingest_events(engine, app, [ev(msg_id, "c", "failed")])
+    p2 = ledger.progress(engine, msg_id)
+    assert (p2.failed, p2.stopped) == (1, 1)  # failed before any delivery: stops for good
+    assert p2.seq > p1.seq
+
+
+# ---- selecting and sending ---------------------------------------------------------------
+
+
+def test_resend_audience_is_who_still_matches(engine: Engine, app: str) -> None:
+    rids = ["a", "b", "c", "d"]
+    register(engine, app, *({"registration_id": r} for r in rids))
+    earlier = push(engine, app, {"registration_id": rids})
+    msg_id = push(engine, app, {"registration_id": rids})
+    send(engine, earlier, 0, dead=frozenset("b"))  # b's token died on an earlier push
+    send(engine, msg_id, 0)
+    ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked"), ev(msg_id, "d", "delivered")])
+
+    assert ledger.select_resend_audience(engine, msg_id, 1) == 2
+    assert ledger.select_resend_audience(engine, msg_id, 1) == 2
+    with Session(engine) as s:
+        queued = s.execute(
+            select(Delivery.registration_id).where(Delivery.msg_id == msg_id, Delivery.stage == 1)
+        ).scalars()
+        assert sorted(queued) == ["c", "d"]
+
+
+def test_batches_page_through_a_stage(engine: Engine, app: str) -> None:
+    register(
+        engine,
+        app,
+        {"registration_id": "a", "attributes": {"name": "Ann"}},
+        {"registration_id": "b", "platform": "ios"},
+        {"registration_id": "c"},
+    )
+    msg_id = push(engine, app, {"registration_id": ["a", "b", "c"]})
+    first, last = ledger.next_batch(engine, msg_id, 0, 0, 2)
+    assert [(o.registration_id, o.platform, o.resend) for o in first] == [
+        ("a", "android", False),
+        ("b", "ios", False),
+    ]
+    assert first[0].attributes == {"name": "Ann"}
+    assert last is not None
+    rest, last2 = ledger.next_batch(engine, msg_id, 0, last, 2)
+    assert [o.registration_id for o in rest] == ["c"]
+    assert ledger.next_batch(engine, msg_id, 0, last2 or 0, 2) == ([], None)
+
+    ledger.mark_sending(engine, {first[0].delivery_id: ("Hi", "Flash sale")})
+    again, _ = ledger.next_batch(engine, msg_id, 0, 0, 10)
+    assert [o.resend for o in again] == [True, False, False]  # a crash after marking: resend
+
+
+def test_a_dead_token_invalidates_the_device(engine: Engine, app: str) -> None:
+    register(engine, app, *({"registration_id": r} for r in "abc"))
+    msg_id = push(engine, app, {"registration_id": ["a", "b", "c"]})
+    assert send(engine, msg_id, 0, dead=frozenset("c")) == ["a", "b"]
+
+    assert ledger.stage_counts(engine, msg_id, 0) == {"sent": 2, "failed": 1}
+    p = ledger.progress(engine, msg_id)
+    assert (p.failed, p.stopped) == (1, 1)
+    with Session(engine) as s:
+        device = s.execute(select(Device).where(Device.registration_id == "c")).scalar_one()
+        assert not device.valid and device.invalid_reason == "Unregistered"
+        alerts = dict(
+            s.execute(
+                select(Delivery.registration_id, Delivery.alert).where(Delivery.msg_id == msg_id)
+            ).all()
+        )
+    assert alerts == {"a": "alert 0", "b": "alert 0", "c": "alert 0"}
+
+    assert recipients(engine, push(engine, app, {"registration_id": ["a", "b", "c"]})) == {"a", "b"}
+    with pytest.raises(LedgerError):
+        push(engine, app, {"registration_id": ["c"]})
+    register(engine, app, {"registration_id": "c"})  # the app registers the token again
+    assert recipients(engine, push(engine, app, {"registration_id": ["c"]})) == {"c"}
+
+
+def test_funnel_per_stage(engine: Engine, app: str) -> None:
+    rids = ["a", "b", "c", "d"]
+    register(engine, app, *({"registration_id": r} for r in rids))
+    msg_id = push(engine, app, {"registration_id": rids})
+    send(engine, msg_id, 0, dead=frozenset("d"))
+    ledger.ingest_events(engine, app, [ev(msg_id, "a", "clicked"), ev(msg_id, "b", "displayed")])
+
+    assert ledger.select_resend_audience(engine, msg_id, 1) == 2  # b and c
+    ledger.ingest_events(engine, app, [ev(msg_id, "c", "clicked", stage=0)])  # c clicks late
+    assert send(engine, msg_id, 1) == ["b"]  # c stopped meanwhile: skipped
+    ledger.ingest_events(engine, app, [ev(msg_id, "b", "clicked", stage=1)])
+
+    f = ledger.funnel(engine, msg_id)
+    assert (f.recipients, f.delivered, f.displayed, f.clicked, f.failed) == (4, 3, 3, 3, 1)
+    s0, s1 = f.stages
+    assert (s0.stage, s0.targeted, s0.sent, s0.failed, s0.skipped) == (0, 4, 3, 1, 0)
+    assert (s0.delivered, s0.displayed, s0.clicked) == (3, 3, 2)
+    assert s0.clicked_rate == round(2 / 3, 4)
+    assert (s1.stage, s1.targeted, s1.sent, s1.failed, s1.skipped) == (1, 2, 1, 0, 1)
+    assert (s1.delivered, s1.displayed, s1.clicked, s1.clicked_rate) == (1, 1, 1, 1.0)
+    assert f.clicked_after_resend == 1
+
+
+def test_funnel_of_an_unknown_push(engine: Engine) -> None:
+    with pytest.raises(NotFound):
+        ledger.funnel(engine, "nope")
