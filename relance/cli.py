@@ -2,6 +2,7 @@
 simulator), creates apps and runs the demo."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,13 +44,23 @@ def app_create(name: Annotated[str, typer.Option(help="A name for humans.")] = "
     typer.echo(json.dumps({"app_key": key, "master_secret": secret}))
 
 
+@main.command("db-init")
+def db_init() -> None:
+    """Create the ledger's tables (RELANCE_DATABASE_URL) if they are missing."""
+    from relance.db import create_tables, make_engine
+
+    create_tables(make_engine(get_settings().database_url))
+    typer.echo("relance ledger tables ready")
+
+
 @main.command()
 def worker() -> None:
     """Run the Temporal worker (TEMPORAL_ADDRESS, RELANCE_DATABASE_URL)."""
     import worker as worker_module
 
     _log()
-    asyncio.run(worker_module.main())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(worker_module.main())
 
 
 @main.command()
@@ -140,7 +151,13 @@ def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -
 
 
 @main.command()
-def dev(simulate: Annotated[bool, typer.Option(help="Also run the device simulator.")] = True) -> None:
+def dev(
+    simulate: Annotated[bool, typer.Option(help="Also run the device simulator.")] = True,
+    api_port: int = 8000,
+    temporal_port: int = 7233,
+    ui_port: int = 8233,
+    simulator_port: int = 8100,
+) -> None:
     """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
     worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
     from relance import ledger
@@ -152,24 +169,34 @@ def dev(simulate: Annotated[bool, typer.Option(help="Also run the device simulat
     engine = make_engine(settings.database_url)
     create_tables(engine)
     ledger.create_app(engine, "dev", key, secret)
-    env = {**os.environ, "RELANCE_SIMULATOR_APP_KEY": key, "RELANCE_SIMULATOR_MASTER_SECRET": secret}
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "RELANCE_API_URL": f"http://127.0.0.1:{api_port}",
+        "RELANCE_SIMULATOR_URL": f"http://127.0.0.1:{simulator_port}",
+        "RELANCE_TEMPORAL_UI_URL": f"http://localhost:{ui_port}",
+        "RELANCE_SIMULATOR_APP_KEY": key,
+        "RELANCE_SIMULATOR_MASTER_SECRET": secret,
+    }
     me = [sys.executable, "-m", "relance.cli"]
     procs: list[subprocess.Popen[Any]] = []
+    temporal = temporal_dev_command(STATE_DIR / "temporal.db", temporal_port, ui_port)
     try:
-        procs.append(subprocess.Popen(temporal_dev_command(STATE_DIR / "temporal.db"), env=env))
-        _wait_port(7233)
+        procs.append(subprocess.Popen(temporal, env=env))
+        _wait_port(temporal_port)
         procs.append(subprocess.Popen([*me, "worker"], env=env))
-        procs.append(subprocess.Popen([*me, "api"], env=env))
+        procs.append(subprocess.Popen([*me, "api", "--port", str(api_port)], env=env))
         if simulate:
-            procs.append(subprocess.Popen([*me, "simulator"], env=env))
-        _wait_port(8000)
+            procs.append(subprocess.Popen([*me, "simulator", "--port", str(simulator_port)], env=env))
+            _wait_port(simulator_port)
+        _wait_port(api_port)
         typer.echo(
             "\nrelance is up\n"
-            "  API + docs    http://127.0.0.1:8000/docs\n"
-            "  Temporal UI   http://127.0.0.1:8233  (filter: RelanceMsgId=\"<msg_id>\")\n"
-            "  simulator     http://127.0.0.1:8100\n"
-            f"  app key       {key}\n  master secret {secret}\n"
-            "Try `relance demo` in another terminal. Ctrl-C stops everything.\n"
+            f"  API + docs    http://127.0.0.1:{api_port}/docs\n"
+            f"  Temporal UI   http://127.0.0.1:{ui_port}  (filter: RelanceMsgId=\"<msg_id>\")\n"
+            + (f"  simulator     http://127.0.0.1:{simulator_port}\n" if simulate else "")
+            + f"  app key       {key}\n  master secret {secret}\n"
+            "Try `make demo` (relance demo) in another terminal. Ctrl-C stops everything.\n"
         )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -179,18 +206,22 @@ def dev(simulate: Annotated[bool, typer.Option(help="Also run the device simulat
     except KeyboardInterrupt:
         typer.echo("stopping…")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
+
+
+def _stop(procs: list[subprocess.Popen[Any]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 @main.command()
-def demo(devices: int = 200) -> None:
+def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
     """The morning-news case on simulated devices, windows shortened to seconds: prints the
     funnel per stage and the journey's Temporal UI link. Needs `relance dev` running."""
     settings = get_settings()
@@ -231,13 +262,14 @@ def demo(devices: int = 200) -> None:
                 break
             time.sleep(1)
         time.sleep(2)  # the last device reports
-        funnel = client.get(f"/v4/push/{msg_id}").json()["funnel"]
+        final = client.get(f"/v4/push/{msg_id}").json()
+        funnel = final["funnel"]
     typer.echo("\nstage  sent  delivered  displayed  clicked")
     for s in funnel["stages"]:
         typer.echo(f"{s['stage']:>5} {s['sent']:>5} {s['delivered']:>10} {s['displayed']:>10} {s['clicked']:>8}")
     typer.echo(f"clicked: {funnel['clicked']} of {funnel['recipients']}, "
                f"{funnel['clicked_after_resend']} of them after a resend")
-    typer.echo(f"journey: {settings.temporal_ui_url}/namespaces/default/workflows/push-{msg_id}")
+    typer.echo(f"journey: {final['temporal_ui']}")
 
 
 if __name__ == "__main__":
