@@ -41,8 +41,12 @@ class JourneyActivities:
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
         if inp.stage > 0:
-            await asyncio.to_thread(ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage)
-        changes = [s.notification for s in request.resend.stages[: inp.stage]] if request.resend else []
+            await asyncio.to_thread(
+                ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
+            )
+        changes = (
+            [s.notification for s in request.resend.stages[: inp.stage]] if request.resend else []
+        )
         provider = await asyncio.to_thread(self._provider, push.app_key)
         details = activity.info().heartbeat_details
         cursor = _checkpoint(details[0]) if details else 0
@@ -70,7 +74,9 @@ class JourneyActivities:
 
     @staticmethod
     def _message(
-        inp: SendStageInput, request: PushRequest, changes: list[StageNotification],
+        inp: SendStageInput,
+        request: PushRequest,
+        changes: list[StageNotification],
         item: ledger.Outbound,
     ) -> OutboundMessage:
         content = render_stage(request.body.notification, changes, item.platform, item.attributes)
@@ -87,7 +93,10 @@ class JourneyActivities:
         )
 
     async def _send_batch(
-        self, provider: Provider, inp: SendStageInput, batch: list[ledger.Outbound],
+        self,
+        provider: Provider,
+        inp: SendStageInput,
+        batch: list[ledger.Outbound],
         messages: list[OutboundMessage],
     ) -> None:
         """Mark the batch as possibly sent, hand it to the provider, record each outcome."""
@@ -105,12 +114,17 @@ class JourneyActivities:
                 outcome = SendOutcome(registration_id=item.registration_id, ok=True)
             elif outcome is None:
                 outcome = SendOutcome(
-                    registration_id=item.registration_id, ok=False, error="provider returned no outcome"
+                    registration_id=item.registration_id,
+                    ok=False,
+                    error="provider returned no outcome",
                 )
             rows.append(
                 ledger.SendOutcomeRow(
-                    delivery_id=item.delivery_id, registration_id=item.registration_id,
-                    ok=outcome.ok, error=outcome.error, token_invalid=outcome.token_invalid,
+                    delivery_id=item.delivery_id,
+                    registration_id=item.registration_id,
+                    ok=outcome.ok,
+                    error=outcome.error,
+                    token_invalid=outcome.token_invalid,
                 )
             )
         await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)

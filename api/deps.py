@@ -37,7 +37,9 @@ async def authenticated_app(
     ctx: ContextDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
 ) -> App:
     if credentials is None:
-        raise ApiError(401, "authorization: expected HTTP Basic appKey:masterSecret", "authorization")
+        raise ApiError(
+            401, "authorization: expected HTTP Basic appKey:masterSecret", "authorization"
+        )
     app = await run_in_threadpool(
         ledger.authenticate, ctx.engine, credentials.username, credentials.password
     )

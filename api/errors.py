@@ -22,8 +22,12 @@ class ApiError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-def error_body(status: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": {"code": CODES.get(status, 21000 + status), "message": message}}
+def error_body(
+    status: int, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "error": {"code": CODES.get(status, 21000 + status), "message": message}
+    }
     if details:
         body["details"] = details
     return body
@@ -64,8 +68,11 @@ def install(app: FastAPI) -> None:
             e = next(e for e in errors if e.get("type") == "json_invalid")
             ctx = e.get("ctx", {}).get("error", "")
             return JSONResponse(
-                error_body(400, f"body: expected valid JSON ({ctx})".replace(" ()", ""),
-                           [{"field": "body", "message": "expected valid JSON"}]),
+                error_body(
+                    400,
+                    f"body: expected valid JSON ({ctx})".replace(" ()", ""),
+                    [{"field": "body", "message": "expected valid JSON"}],
+                ),
                 status_code=400,
             )
         located = [(_located(_field(tuple(e.get("loc", ()))), e), e.get("type")) for e in errors]
@@ -87,8 +94,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.status_code, f"{exc.field}: {exc.message}",
-                       [{"field": exc.field, "message": exc.message}]),
+            error_body(
+                exc.status_code,
+                f"{exc.field}: {exc.message}",
+                [{"field": exc.field, "message": exc.message}],
+            ),
             status_code=exc.status_code,
         )
 
@@ -96,8 +106,12 @@ def install(app: FastAPI) -> None:
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         details = [{"field": exc.field, "message": exc.message}] if exc.field else None
         headers = {"WWW-Authenticate": 'Basic realm="relance"'} if exc.status == 401 else None
-        return JSONResponse(error_body(exc.status, exc.message, details), exc.status, headers=headers)
+        return JSONResponse(
+            error_body(exc.status, exc.message, details), exc.status, headers=headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code)
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code
+        )

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -21,6 +21,8 @@ log = logging.getLogger("relance.api")
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok", "temporal": True}]})
+
     status: str
     temporal: bool
 
@@ -37,14 +39,18 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     create_tables(engine)
-    context = Context(settings, engine, SignalCoalescer(engine, settings.signal_interval_seconds), client)
+    context = Context(
+        settings, engine, SignalCoalescer(engine, settings.signal_interval_seconds), client
+    )
 
     async def _connect() -> None:
         while context.client is None:
             try:
                 context.client = await connect_temporal(settings)
             except Exception as exc:  # noqa: BLE001 — keep serving; /healthz tells
-                log.warning("Temporal at %s not reachable (%s); retrying", settings.temporal_address, exc)
+                log.warning(
+                    "Temporal at %s not reachable (%s); retrying", settings.temporal_address, exc
+                )
                 await asyncio.sleep(1)
         context.coalescer.client = context.client
 

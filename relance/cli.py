@@ -19,8 +19,11 @@ import typer
 
 from relance.settings import Settings, get_settings
 
-main = typer.Typer(help="relance: pushes that resend themselves to whoever did not act.",
-                   no_args_is_help=True, add_completion=False)
+main = typer.Typer(
+    help="relance: pushes that resend themselves to whoever did not act.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 app_cli = typer.Typer(help="Apps: the appKey:masterSecret pairs that call the API.")
 main.add_typer(app_cli, name="app")
 
@@ -95,9 +98,13 @@ def simulator(
     _log()
     key, secret = _simulator_credentials()
     behaviour = Behaviour(
-        seed=seed, p_fail=p_fail, p_display=p_display,
+        seed=seed,
+        p_fail=p_fail,
+        p_display=p_display,
         p_click=[float(x) for x in p_click.split(",") if x.strip()],
-        min_delay_ms=min_delay_ms, max_delay_ms=max_delay_ms, send_latency_ms=send_latency_ms,
+        min_delay_ms=min_delay_ms,
+        max_delay_ms=max_delay_ms,
+        send_latency_ms=send_latency_ms,
     )
     sim = create_simulator_app(behaviour, http_reporter(get_settings().api_url, key, secret))
     uvicorn.run(sim, host=host, port=port, log_level="warning")
@@ -142,9 +149,21 @@ def _wait_port(port: int, timeout: float = 60) -> None:
 def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -> list[str]:
     from relance.binaries import SEARCH_ATTRIBUTES, temporal_cli
 
-    cmd = [temporal_cli(), "server", "start-dev", "--db-filename", str(db_file),
-           "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port),
-           "--log-level", "error"]
+    cmd = [
+        temporal_cli(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(db_file),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--log-level",
+        "error",
+    ]
     for name in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{name}=Keyword"]
     return cmd
@@ -187,13 +206,15 @@ def dev(
         procs.append(subprocess.Popen([*me, "worker"], env=env))
         procs.append(subprocess.Popen([*me, "api", "--port", str(api_port)], env=env))
         if simulate:
-            procs.append(subprocess.Popen([*me, "simulator", "--port", str(simulator_port)], env=env))
+            procs.append(
+                subprocess.Popen([*me, "simulator", "--port", str(simulator_port)], env=env)
+            )
             _wait_port(simulator_port)
         _wait_port(api_port)
         typer.echo(
             "\nrelance is up\n"
             f"  API + docs    http://127.0.0.1:{api_port}/docs\n"
-            f"  Temporal UI   http://127.0.0.1:{ui_port}  (filter: RelanceMsgId=\"<msg_id>\")\n"
+            f'  Temporal UI   http://127.0.0.1:{ui_port}  (filter: RelanceMsgId="<msg_id>")\n'
             + (f"  simulator     http://127.0.0.1:{simulator_port}\n" if simulate else "")
             + f"  app key       {key}\n  master secret {secret}\n"
             "Try `make demo` (relance demo) in another terminal. Ctrl-C stops everything.\n"
@@ -229,22 +250,41 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
     with httpx.Client(base_url=settings.api_url, auth=(key, secret), timeout=30) as client:
         ids = [f"sim-news-{i:04d}" for i in range(devices)]
         interests = ["Sports", "Tech", "Politics", "Culture"]
-        client.post("/v4/devices", json={"devices": [
-            {"registration_id": rid, "platform": "android",
-             "attributes": {"interests": [interests[i % 4]]} if i % 5 else {}}
-            for i, rid in enumerate(ids)
-        ]}).raise_for_status()
+        client.post(
+            "/v4/devices",
+            json={
+                "devices": [
+                    {
+                        "registration_id": rid,
+                        "platform": "android",
+                        "attributes": {"interests": [interests[i % 4]]} if i % 5 else {},
+                    }
+                    for i, rid in enumerate(ids)
+                ]
+            },
+        ).raise_for_status()
         body = {
             "from": "push",
             "to": {"registration_id": ids},
-            "body": {"platform": "android", "notification": {"android": {
-                "title": "Morning briefing", "alert": "Today's top stories are in"}}},
-            "resend": {"trigger": {"condition": "not_clicked", "within": "20s"}, "stages": [
-                {"after": "10s", "notification": {"title": "You missed this morning's news"}},
-                {"after": "30s", "notification": {
-                    "template": "{{ interests[0] }} news is waiting for you",
-                    "append": "Tap to catch up in 2 minutes"}},
-            ]},
+            "body": {
+                "platform": "android",
+                "notification": {
+                    "android": {"title": "Morning briefing", "alert": "Today's top stories are in"}
+                },
+            },
+            "resend": {
+                "trigger": {"condition": "not_clicked", "within": "20s"},
+                "stages": [
+                    {"after": "10s", "notification": {"title": "You missed this morning's news"}},
+                    {
+                        "after": "30s",
+                        "notification": {
+                            "template": "{{ interests[0] }} news is waiting for you",
+                            "append": "Tap to catch up in 2 minutes",
+                        },
+                    },
+                ],
+            },
         }
         accepted = client.post("/v4/push", json=body)
         if accepted.status_code != 200:
@@ -266,9 +306,12 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
         funnel = final["funnel"]
     typer.echo("\nstage  sent  delivered  displayed  clicked")
     for s in funnel["stages"]:
-        typer.echo(f"{s['stage']:>5} {s['sent']:>5} {s['delivered']:>10} {s['displayed']:>10} {s['clicked']:>8}")
-    typer.echo(f"clicked: {funnel['clicked']} of {funnel['recipients']}, "
-               f"{funnel['clicked_after_resend']} of them after a resend")
+        row = (s["stage"], s["sent"], s["delivered"], s["displayed"], s["clicked"])
+        typer.echo("{:>5} {:>5} {:>10} {:>10} {:>8}".format(*row))
+    typer.echo(
+        f"clicked: {funnel['clicked']} of {funnel['recipients']}, "
+        f"{funnel['clicked_after_resend']} of them after a resend"
+    )
     typer.echo(f"journey: {final['temporal_ui']}")
 
 

@@ -1,4 +1,4 @@
-"""Durations as users write them in resend policies: "90s", "2h", "1h30m", "2d" or ISO-8601 "PT2H"."""
+"""Durations as users write them in resend policies: "90s", "2h", "1h30m", "2d", ISO "PT2H"."""
 
 import re
 from datetime import timedelta

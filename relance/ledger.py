@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, select, update
@@ -139,15 +139,26 @@ def _audience(session: Session, app_key: str, request: PushRequest) -> list[Devi
         # A registration id not seen before is registered on the spot, on the push's platform
         # (ON CONFLICT DO NOTHING: two pushes racing to the same new device both succeed).
         platform = request.body.platform
-        default_platform = platform if isinstance(platform, str) and platform != "all" else "android"
+        default_platform = (
+            platform if isinstance(platform, str) and platform != "all" else "android"
+        )
         now = utcnow()
         session.execute(
             _insert(session)(Device.__table__)  # type: ignore[attr-defined]
-            .values([
-                {"app_key": app_key, "registration_id": rid, "platform": default_platform,
-                 "tags": [], "attributes": {}, "valid": True, "updated_at": now}
-                for rid in ids
-            ])
+            .values(
+                [
+                    {
+                        "app_key": app_key,
+                        "registration_id": rid,
+                        "platform": default_platform,
+                        "tags": [],
+                        "attributes": {},
+                        "valid": True,
+                        "updated_at": now,
+                    }
+                    for rid in ids
+                ]
+            )
             .on_conflict_do_nothing(index_elements=["app_key", "registration_id"])
         )
         known = {
@@ -206,7 +217,10 @@ def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
             session.execute(Recipient.__table__.insert(), chunk)  # type: ignore[attr-defined]
             session.execute(
                 Delivery.__table__.insert(),  # type: ignore[attr-defined]
-                [{"msg_id": msg_id, "stage": 0, "registration_id": r["registration_id"]} for r in chunk],
+                [
+                    {"msg_id": msg_id, "stage": 0, "registration_id": r["registration_id"]}
+                    for r in chunk
+                ],
             )
         session.commit()
         session.refresh(push)
@@ -225,9 +239,13 @@ def count_audience(engine: Engine, app_key: str, request: PushRequest) -> int:
 
 def find_push_by_request(engine: Engine, app_key: str, request_id: str) -> Push | None:
     with Session(engine) as session:
-        return session.exec(  # type: ignore[call-overload,no-any-return]
-            select(Push).where(Push.app_key == app_key, Push.request_id == request_id)
-        ).scalars().first()
+        return (
+            session.exec(  # type: ignore[call-overload,no-any-return]
+                select(Push).where(Push.app_key == app_key, Push.request_id == request_id)
+            )
+            .scalars()
+            .first()
+        )
 
 
 def get_push(engine: Engine, app_key: str | None, msg_id: str) -> Push:
@@ -327,7 +345,8 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
             if e.stage is not None:
                 return e.stage
             sent = [
-                s for (m, r, s), d in deliveries.items()
+                s
+                for (m, r, s), d in deliveries.items()
                 if m == e.msg_id and r == e.registration_id and d.status in ("sent", "sending")
             ]
             return max(sent, default=0)
@@ -351,9 +370,12 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
         inserted: set[str] = set()
         table = StatusEvent.__table__  # type: ignore[attr-defined]
         for chunk in _chunks(rows, 500):
-            stmt = _insert(session)(table).values(chunk).on_conflict_do_nothing(
-                index_elements=["event_id"]
-            ).returning(table.c.event_id)
+            stmt = (
+                _insert(session)(table)
+                .values(chunk)
+                .on_conflict_do_nothing(index_elements=["event_id"])
+                .returning(table.c.event_id)
+            )
             inserted.update(session.execute(stmt).scalars())
         bumps: dict[str, dict[str, int]] = {}
         for row in rows:
@@ -416,9 +438,7 @@ def progress(engine: Engine, msg_id: str) -> Progress:
     )
 
 
-def list_events(
-    engine: Engine, msg_id: str, after_id: int, limit: int
-) -> list[StatusEvent]:
+def list_events(engine: Engine, msg_id: str, after_id: int, limit: int) -> list[StatusEvent]:
     with Session(engine) as session:
         return list(
             session.exec(  # type: ignore[call-overload]
@@ -440,9 +460,9 @@ def select_resend_audience(engine: Engine, msg_id: str, stage: int) -> int:
         if push is None:
             raise NotFound("msg_id", f"no push {msg_id!r}")
         already = session.execute(
-            select(func.count()).select_from(Delivery).where(
-                Delivery.msg_id == msg_id, Delivery.stage == stage
-            )
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.msg_id == msg_id, Delivery.stage == stage)
         ).scalar_one()
         if already:
             return int(already)
@@ -486,10 +506,21 @@ def next_batch(
             return [], None
         rows = session.execute(
             select(Delivery, Recipient, Device)
-            .join(Recipient, and_(Recipient.msg_id == Delivery.msg_id,
-                                  Recipient.registration_id == Delivery.registration_id))
-            .join(Device, and_(Device.app_key == push.app_key,
-                               Device.registration_id == Delivery.registration_id), isouter=True)
+            .join(
+                Recipient,
+                and_(
+                    Recipient.msg_id == Delivery.msg_id,
+                    Recipient.registration_id == Delivery.registration_id,
+                ),
+            )
+            .join(
+                Device,
+                and_(
+                    Device.app_key == push.app_key,
+                    Device.registration_id == Delivery.registration_id,
+                ),
+                isouter=True,
+            )
             .where(
                 Delivery.msg_id == msg_id,
                 Delivery.stage == stage,
@@ -505,8 +536,13 @@ def next_batch(
                 skipped.append(delivery.id)
                 continue
             out.append(
-                Outbound(delivery.id, delivery.registration_id, recipient.platform,
-                         dict(device.attributes or {}), delivery.status == "sending")
+                Outbound(
+                    delivery.id,
+                    delivery.registration_id,
+                    recipient.platform,
+                    dict(device.attributes or {}),
+                    delivery.status == "sending",
+                )
             )
         if skipped:
             session.execute(
@@ -537,7 +573,9 @@ class SendOutcomeRow:
     token_invalid: bool = False
 
 
-def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]) -> None:
+def record_outcomes(
+    engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]
+) -> None:
     """Record the provider's answers: sent, or failed (a dead token invalidates the device)."""
     now = utcnow()
     with Session(engine) as session:
@@ -549,25 +587,39 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
                 update(Delivery).where(Delivery.id.in_(ok_ids)).values(status="sent", sent_at=now)  # type: ignore[union-attr]
             )
             rows = [
-                {"event_id": event_key(msg_id, o.registration_id, stage, "sent"), "msg_id": msg_id,
-                 "registration_id": o.registration_id, "stage": stage, "status": "sent", "at": now,
-                 "error": None, "received_at": now}
-                for o in outcomes if o.ok
+                {
+                    "event_id": event_key(msg_id, o.registration_id, stage, "sent"),
+                    "msg_id": msg_id,
+                    "registration_id": o.registration_id,
+                    "stage": stage,
+                    "status": "sent",
+                    "at": now,
+                    "error": None,
+                    "received_at": now,
+                }
+                for o in outcomes
+                if o.ok
             ]
-            stmt = _insert(session)(StatusEvent.__table__).values(rows).on_conflict_do_nothing(  # type: ignore[attr-defined]
-                index_elements=["event_id"]
+            stmt = (
+                _insert(session)(StatusEvent.__table__)
+                .values(rows)
+                .on_conflict_do_nothing(  # type: ignore[attr-defined]
+                    index_elements=["event_id"]
+                )
             )
             session.execute(stmt)
         failed = [o for o in outcomes if not o.ok]
         bump: dict[str, int] = {}
         for o in failed:
             session.execute(
-                update(Delivery).where(Delivery.id == o.delivery_id)  # type: ignore[arg-type]
+                update(Delivery)
+                .where(Delivery.id == o.delivery_id)  # type: ignore[arg-type]
                 .values(status="failed", failed_at=now, error=o.error)
             )
             recipient = session.execute(
-                select(Recipient).where(Recipient.msg_id == msg_id,
-                                        Recipient.registration_id == o.registration_id)
+                select(Recipient).where(
+                    Recipient.msg_id == msg_id, Recipient.registration_id == o.registration_id
+                )
             ).scalar_one()
             if recipient.failed_at is None:
                 recipient.failed_at, recipient.error = now, o.error
@@ -576,16 +628,25 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
                 recipient.stopped = True
                 bump["n_stopped"] = bump.get("n_stopped", 0) + 1
             session.execute(
-                _insert(session)(StatusEvent.__table__).values(  # type: ignore[attr-defined]
-                    event_id=event_key(msg_id, o.registration_id, stage, "failed"), msg_id=msg_id,
-                    registration_id=o.registration_id, stage=stage, status="failed", at=now,
-                    error=o.error, received_at=now,
-                ).on_conflict_do_nothing(index_elements=["event_id"])
+                _insert(session)(StatusEvent.__table__)
+                .values(  # type: ignore[attr-defined]
+                    event_id=event_key(msg_id, o.registration_id, stage, "failed"),
+                    msg_id=msg_id,
+                    registration_id=o.registration_id,
+                    stage=stage,
+                    status="failed",
+                    at=now,
+                    error=o.error,
+                    received_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
             )
             if o.token_invalid:
                 session.execute(
                     update(Device)
-                    .where(Device.app_key == push.app_key, Device.registration_id == o.registration_id)  # type: ignore[arg-type]
+                    .where(
+                        Device.app_key == push.app_key, Device.registration_id == o.registration_id
+                    )  # type: ignore[arg-type]
                     .values(valid=False, invalid_reason=o.error, updated_at=now)
                 )
         session.flush()
@@ -652,15 +713,27 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
         sent = int(sent or 0)
         stages.append(
             StageFunnel(
-                stage=stage, targeted=targeted, sent=sent, failed=int(failed or 0),
-                skipped=int(skipped or 0), delivered=delivered, displayed=displayed,
-                clicked=clicked, delivered_rate=_rate(delivered, sent),
-                displayed_rate=_rate(displayed, sent), clicked_rate=_rate(clicked, sent),
+                stage=stage,
+                targeted=targeted,
+                sent=sent,
+                failed=int(failed or 0),
+                skipped=int(skipped or 0),
+                delivered=delivered,
+                displayed=displayed,
+                clicked=clicked,
+                delivered_rate=_rate(delivered, sent),
+                displayed_rate=_rate(displayed, sent),
+                clicked_rate=_rate(clicked, sent),
             )
         )
     return Funnel(
-        msg_id=msg_id, state=push.state, recipients=push.recipients, delivered=push.n_delivered,
-        displayed=push.n_displayed, clicked=push.n_clicked, failed=push.n_failed,
-        stages=stages, clicked_after_resend=int(added),
+        msg_id=msg_id,
+        state=push.state,
+        recipients=push.recipients,
+        delivered=push.n_delivered,
+        displayed=push.n_displayed,
+        clicked=push.n_clicked,
+        failed=push.n_failed,
+        stages=stages,
+        clicked_after_resend=int(added),
     )
-

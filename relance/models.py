@@ -73,7 +73,6 @@ class StageNotification(BaseModel):
         "a missing attribute falls back to the stage's plain text.",
     )
 
-
     @field_validator("template")
     @classmethod
     def _parses(cls, v: str | None) -> str | None:
@@ -126,14 +125,20 @@ class PlatformNotification(BaseModel):
 class Notification(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    alert: str | None = Field(None, max_length=4000, description="Default alert for every platform.")
+    alert: str | None = Field(
+        None, max_length=4000, description="Default alert for every platform."
+    )
     android: PlatformNotification | None = None
     ios: PlatformNotification | None = None
 
     @model_validator(mode="after")
     def _has_alert(self) -> "Notification":
-        if not (self.alert or (self.android and self.android.alert) or (self.ios and self.ios.alert)):
-            raise ValueError("expected an alert: set notification.alert or notification.<platform>.alert")
+        if not (
+            self.alert or (self.android and self.android.alert) or (self.ios and self.ios.alert)
+        ):
+            raise ValueError(
+                "expected an alert: set notification.alert or notification.<platform>.alert"
+            )
         return self
 
 
@@ -205,7 +210,8 @@ class PushRequest(BaseModel):
                                 "after": "5h",
                                 "notification": {
                                     "alert": "Exclusive coupon: save $5 more",
-                                    "template": "{{ interests[0] | default('Your picks') }} are on sale now",
+                                    "template": "{{ interests[0] | default('Your picks') }}"
+                                    " are on sale now",
                                 },
                             },
                         ],
@@ -225,6 +231,22 @@ class PushRequest(BaseModel):
 
 
 class PushAccepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "msg_id": "1795429543454486250",
+                    "request_id": "12345678",
+                    "schedule": [
+                        "2026-11-23T10:00:00Z",
+                        "2026-11-23T18:00:00Z",
+                        "2026-11-23T21:00:00Z",
+                    ],
+                }
+            ]
+        }
+    )
+
     msg_id: str
     request_id: str | None = None
     schedule: list[datetime] = Field(

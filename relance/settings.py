@@ -11,7 +11,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///.relance/relance.db"
     temporal_address: str = Field(
-        "localhost:7233", validation_alias=AliasChoices("TEMPORAL_ADDRESS", "RELANCE_TEMPORAL_ADDRESS")
+        "localhost:7233",
+        validation_alias=AliasChoices("TEMPORAL_ADDRESS", "RELANCE_TEMPORAL_ADDRESS"),
     )
     temporal_namespace: str = "default"
     task_queue: str = "relance"

@@ -69,7 +69,7 @@ class Fleet:
         self._wake = asyncio.Event()
 
     def fate(self, msg_id: str, stage: int, rid: str) -> list[str]:
-        """What this device will do with this stage: seeded, so the same run gives the same fates."""
+        """What this device does with this stage: seeded, so a run gives the same fates again."""
         b = self.behaviour
         if rid.startswith("silent-"):
             return []  # a device that never reports back
@@ -96,8 +96,14 @@ class Fleet:
             key = (m.msg_id, m.stage, m.registration_id)
             self.received[key] += 1
             if m.registration_id.startswith("dead-"):
-                results.append({"registration_id": m.registration_id, "ok": False,
-                                "error": "Unregistered", "token_invalid": True})
+                results.append(
+                    {
+                        "registration_id": m.registration_id,
+                        "ok": False,
+                        "error": "Unregistered",
+                        "token_invalid": True,
+                    }
+                )
                 continue
             results.append({"registration_id": m.registration_id, "ok": True})
             if m.idempotency_key in self.seen_keys:
@@ -110,8 +116,12 @@ class Fleet:
             for status in fate:
                 at += rng.uniform(self.behaviour.min_delay_ms, self.behaviour.max_delay_ms) / 1000
                 self._n += 1
-                event = {"msg_id": m.msg_id, "registration_id": m.registration_id,
-                         "status": status, "stage": m.stage}
+                event = {
+                    "msg_id": m.msg_id,
+                    "registration_id": m.registration_id,
+                    "status": status,
+                    "stage": m.stage,
+                }
                 if status == "failed":
                     event["error"] = "device unreachable"
                 heapq.heappush(self._queue, (at, self._n, event))
@@ -152,8 +162,14 @@ class Fleet:
 
     def stats(self, msg_id: str) -> dict[str, Any]:
         stages: dict[int, dict[str, int]] = defaultdict(
-            lambda: {"received": 0, "repeats": 0, "delivered": 0, "displayed": 0,
-                     "clicked": 0, "failed": 0}
+            lambda: {
+                "received": 0,
+                "repeats": 0,
+                "delivered": 0,
+                "displayed": 0,
+                "clicked": 0,
+                "failed": 0,
+            }
         )
         for (m, stage, _rid), count in self.received.items():
             if m == msg_id:
@@ -172,8 +188,13 @@ class Fleet:
 
     def messages(self, msg_id: str, stage: int) -> list[dict[str, Any]]:
         return [
-            {"registration_id": rid, "title": title, "alert": alert,
-             "received": self.received[(m, s, rid)], "fate": self.fates.get((m, s, rid), [])}
+            {
+                "registration_id": rid,
+                "title": title,
+                "alert": alert,
+                "received": self.received[(m, s, rid)],
+                "fate": self.fates.get((m, s, rid), []),
+            }
             for (m, s, rid), (title, alert) in sorted(self.contents.items())
             if m == msg_id and s == stage
         ]

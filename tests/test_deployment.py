@@ -13,7 +13,9 @@ def check(*files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(ROOT / "scripts" / "check-compose.sh"), *map(str, files)],
         env={"VENV": str(Path(sys.executable).parent.parent), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

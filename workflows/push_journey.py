@@ -1,7 +1,6 @@
 """PushJourney: send stage 0, wait out the trigger window, then resend stage by stage to whoever
 still matches. Recipients live in the ledger; the workflow holds only counters."""
 
-import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -41,8 +40,11 @@ SEND_RETRY = RetryPolicy(
 def search_attributes(msg_id: str, app_key: str, state: str) -> TypedSearchAttributes:
     """What makes journeys filterable in the Temporal UI (no secrets: stored unencrypted)."""
     return TypedSearchAttributes(
-        [SearchAttributePair(MSG_ID, msg_id), SearchAttributePair(APP, app_key),
-         SearchAttributePair(STATE, state)]
+        [
+            SearchAttributePair(MSG_ID, msg_id),
+            SearchAttributePair(APP, app_key),
+            SearchAttributePair(STATE, state),
+        ]
     )
 
 
@@ -143,8 +145,13 @@ class PushJourney:
         self._signals -= 1  # not a signal: the send's own reading of the ledger
         self._stages.append(
             StageSummary(
-                stage=stage, scheduled_at=scheduled_at, sent_at=started, targeted=result.targeted, sent=result.sent,
-                failed=result.failed, skipped=result.skipped,
+                stage=stage,
+                scheduled_at=scheduled_at,
+                sent_at=started,
+                targeted=result.targeted,
+                sent=result.sent,
+                failed=result.failed,
+                skipped=result.skipped,
             )
         )
 
@@ -161,7 +168,7 @@ class PushJourney:
                     lambda: self._cancelled or self._all_stopped() or self._must_continue(),
                     timeout=timedelta(seconds=remaining),
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
             if self._must_continue():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -169,8 +176,10 @@ class PushJourney:
                     JourneyInput(
                         plan=plan,
                         carry=JourneyCarry(
-                            next_stage=self._next_stage or 0, sent_at=sent_at,
-                            progress=self._progress, stages=self._stages,
+                            next_stage=self._next_stage or 0,
+                            sent_at=sent_at,
+                            progress=self._progress,
+                            stages=self._stages,
                             cancelled=self._cancelled,
                         ),
                     )
@@ -178,6 +187,5 @@ class PushJourney:
 
     def _must_continue(self) -> bool:
         return (
-            self._signals >= self._signals_per_run
-            or workflow.info().is_continue_as_new_suggested()
+            self._signals >= self._signals_per_run or workflow.info().is_continue_as_new_suggested()
         )

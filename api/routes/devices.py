@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from api.deps import AppDep, ContextDep
 from relance import ledger
@@ -12,6 +12,8 @@ router = APIRouter(tags=["devices"])
 
 
 class DevicesStored(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"stored": 1}]})
+
     stored: int
 
 

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from api.deps import AppDep, ContextDep
 from relance import ledger
@@ -12,6 +12,8 @@ router = APIRouter(tags=["events"])
 
 
 class EventsAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 1, "duplicates": 0}]})
+
     accepted: int
     duplicates: int
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -24,11 +24,66 @@ TERMINAL = {"completed", "cancelled"}
 
 
 class PushValidated(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recipients": 200,
+                    "schedule": [
+                        "2026-11-23T10:00:00Z",
+                        "2026-11-23T18:00:00Z",
+                        "2026-11-23T21:00:00Z",
+                    ],
+                }
+            ]
+        }
+    )
+
     recipients: int
     schedule: list[datetime]
 
 
 class PushStatusOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "msg_id": "1795429543454486250",
+                    "request_id": "12345678",
+                    "state": "waiting",
+                    "next_stage": 1,
+                    "next_stage_at": "2026-11-23T18:00:00Z",
+                    "funnel": {
+                        "msg_id": "1795429543454486250",
+                        "state": "accepted",
+                        "recipients": 200,
+                        "delivered": 196,
+                        "displayed": 167,
+                        "clicked": 35,
+                        "failed": 4,
+                        "clicked_after_resend": 0,
+                        "stages": [
+                            {
+                                "stage": 0,
+                                "targeted": 200,
+                                "sent": 200,
+                                "failed": 4,
+                                "skipped": 0,
+                                "delivered": 196,
+                                "displayed": 167,
+                                "clicked": 35,
+                                "delivered_rate": 0.98,
+                                "displayed_rate": 0.835,
+                                "clicked_rate": 0.175,
+                            }
+                        ],
+                    },
+                    "temporal_ui": "http://localhost:8233/namespaces/default/workflows/push-1795429543454486250",
+                }
+            ]
+        }
+    )
+
     msg_id: str
     request_id: str | None
     state: str
@@ -49,12 +104,37 @@ class CallbackEvent(BaseModel):
 
 
 class CallbackPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "msg_id": "1795429543454486250",
+                    "events": [
+                        {
+                            "id": 17,
+                            "event_id": "5f0c…",
+                            "registration_id": "120c83f760363f06840",
+                            "stage": 0,
+                            "status": "clicked",
+                            "at": "2026-11-23T10:03:00Z",
+                        }
+                    ],
+                    "next_cursor": None,
+                }
+            ]
+        }
+    )
+
     msg_id: str
     events: list[CallbackEvent]
     next_cursor: int | None = Field(None, description="Pass as `cursor` for the next page.")
 
 
 class Cancelled(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"msg_id": "1795429543454486250", "state": "cancelling"}]}
+    )
+
     msg_id: str
     state: str
 
@@ -107,10 +187,16 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         live = await _live_status(ctx, msg_id)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
-    ui = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}/workflows/push-{msg_id}"
+    namespace = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}"
+    ui = f"{namespace}/workflows/push-{msg_id}"
     return PushStatusOut(
-        msg_id=msg_id, request_id=push.request_id, state=state, next_stage=next_stage,
-        next_stage_at=next_at, funnel=funnel, temporal_ui=ui,
+        msg_id=msg_id,
+        request_id=push.request_id,
+        state=state,
+        next_stage=next_stage,
+        next_stage_at=next_at,
+        funnel=funnel,
+        temporal_ui=ui,
     )
 
 

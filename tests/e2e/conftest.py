@@ -48,8 +48,10 @@ class Part:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relance.cli", *self.args], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "relance.cli", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def kill(self) -> None:
@@ -78,8 +80,9 @@ class Stack:
     parts: dict[str, Part] = field(default_factory=dict)
 
     def api(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.api_url, auth=(self.app_key, self.master_secret),
-                                 timeout=30)
+        return httpx.AsyncClient(
+            base_url=self.api_url, auth=(self.app_key, self.master_secret), timeout=30
+        )
 
     def simulator(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.simulator_url, timeout=30)
@@ -107,8 +110,15 @@ def relance_stack(
     engine = make_engine(db_url)
     create_tables(engine)
     key, secret = ledger.create_app(engine, "e2e")
-    stack = Stack(f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sim_port}", key, secret,
-                  engine, client, f"e2e-{uuid.uuid4()}")
+    stack = Stack(
+        f"http://127.0.0.1:{api_port}",
+        f"http://127.0.0.1:{sim_port}",
+        key,
+        secret,
+        engine,
+        client,
+        f"e2e-{uuid.uuid4()}",
+    )
     env = {
         **os.environ,
         "RELANCE_DATABASE_URL": db_url,
@@ -123,8 +133,9 @@ def relance_stack(
     }
     stack.parts = {
         "api": Part("api", ["api", "--port", str(api_port)], env, tmp),
-        "simulator": Part("simulator", ["simulator", "--port", str(sim_port), *simulator_args],
-                          env, tmp),
+        "simulator": Part(
+            "simulator", ["simulator", "--port", str(sim_port), *simulator_args], env, tmp
+        ),
         "worker": Part("worker", ["worker"], env, tmp),
     }
     try:

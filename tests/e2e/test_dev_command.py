@@ -22,8 +22,9 @@ def start_dev(cwd: Path, env: dict[str, str], ports: dict[str, int]) -> subproce
     args = [sys.executable, "-m", "relance.cli", "dev"]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 90
     for line in proc.stdout:
@@ -42,15 +43,29 @@ def stop_dev(proc: subprocess.Popen[str], ports: dict[str, int]) -> None:
 
 
 async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> None:
-    ports = {"api": free_port(), "temporal": free_port(), "ui": free_port(),
-             "simulator": free_port()}
-    env = {**os.environ, "RELANCE_DEV_APP_KEY": KEY, "RELANCE_DEV_MASTER_SECRET": SECRET,
-           "RELANCE_API_URL": f"http://127.0.0.1:{ports['api']}"}
+    ports = {
+        "api": free_port(),
+        "temporal": free_port(),
+        "ui": free_port(),
+        "simulator": free_port(),
+    }
+    env = {
+        **os.environ,
+        "RELANCE_DEV_APP_KEY": KEY,
+        "RELANCE_DEV_MASTER_SECRET": SECRET,
+        "RELANCE_API_URL": f"http://127.0.0.1:{ports['api']}",
+    }
     env.pop("RELANCE_DATABASE_URL", None)
     proc = start_dev(tmp_path, env, ports)
     try:
-        demo = subprocess.run([sys.executable, "-m", "relance.cli", "demo", "--devices", "40"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        demo = subprocess.run(
+            [sys.executable, "-m", "relance.cli", "demo", "--devices", "40"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert re.search(r"^\s+2\s+\d+", demo.stdout, re.M), demo.stdout  # stage 2 was sent
         msg_id = re.search(r"msg_id (\d+)", demo.stdout).group(1)  # type: ignore[union-attr]
@@ -61,8 +76,9 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
 
     proc = start_dev(tmp_path, env, ports)
     try:
-        status = httpx.get(f"http://127.0.0.1:{ports['api']}/v4/push/{msg_id}",
-                           auth=(KEY, SECRET)).json()
+        status = httpx.get(
+            f"http://127.0.0.1:{ports['api']}/v4/push/{msg_id}", auth=(KEY, SECRET)
+        ).json()
         assert status["state"] == "completed"
         client = await Client.connect(f"127.0.0.1:{ports['temporal']}")
         found = [w async for w in client.list_workflows(f'RelanceMsgId="{msg_id}"')]

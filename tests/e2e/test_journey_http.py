@@ -15,12 +15,24 @@ from relance.db import Push, StatusEvent
 from tests.e2e.conftest import Stack, relance_stack
 from tests.stack import eventually
 
-SIMULATOR = ["--seed", "7", "--min-delay-ms", "20", "--max-delay-ms", "300",
-             "--p-click", "0.3,0.3,0.3", "--p-fail", "0.03"]
+SIMULATOR = [
+    "--seed",
+    "7",
+    "--min-delay-ms",
+    "20",
+    "--max-delay-ms",
+    "300",
+    "--p-click",
+    "0.3,0.3,0.3",
+    "--p-fail",
+    "0.03",
+]
 
 
 @pytest.fixture(scope="module")
-def stack(dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     with relance_stack(dev_server.client, tmp_path_factory.mktemp("e2e"), SIMULATOR) as s:
         yield s
 
@@ -29,8 +41,10 @@ def body(rids: list[str], resend: dict[str, Any] | None = None, **extra: Any) ->
     out: dict[str, Any] = {
         "from": "push",
         "to": {"registration_id": rids},
-        "body": {"platform": "android",
-                 "notification": {"android": {"title": "News", "alert": "Top story"}}},
+        "body": {
+            "platform": "android",
+            "notification": {"android": {"title": "News", "alert": "Top story"}},
+        },
         **extra,
     }
     if resend:
@@ -46,9 +60,13 @@ async def test_push_to_200_devices_runs_every_stage_and_funnel_matches_the_devic
     stack: Stack,
 ) -> None:
     rids = [f"e2e-{i:03d}" for i in range(200)]
-    resend = {"trigger": {"condition": "not_clicked", "within": "4s"},
-              "stages": [{"after": "2s", "notification": {"title": "Still news"}},
-                         {"after": "5s", "notification": {"append": "One more line"}}]}
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "4s"},
+        "stages": [
+            {"after": "2s", "notification": {"title": "Still news"}},
+            {"after": "5s", "notification": {"append": "One more line"}},
+        ],
+    }
     async with stack.api() as api, stack.simulator() as sim:
         accepted = await api.post("/v4/push", json=body(rids, resend))
         assert accepted.status_code == 200, accepted.text
@@ -78,9 +96,15 @@ async def test_push_to_200_devices_runs_every_stage_and_funnel_matches_the_devic
         for status_name in ("delivered", "displayed", "clicked", "failed"):
             assert stage[status_name] == seen[status_name], (stage, seen)
     # Each resend went only to those who had not clicked (or failed) before it.
-    assert funnel["stages"][1]["sent"] == 200 - funnel["stages"][0]["clicked"] - funnel["stages"][0]["failed"]
+    assert (
+        funnel["stages"][1]["sent"]
+        == 200 - funnel["stages"][0]["clicked"] - funnel["stages"][0]["failed"]
+    )
     assert funnel["clicked"] == sum(s["clicked"] for s in funnel["stages"])
-    assert funnel["clicked_after_resend"] == funnel["stages"][1]["clicked"] + funnel["stages"][2]["clicked"]
+    assert (
+        funnel["clicked_after_resend"]
+        == funnel["stages"][1]["clicked"] + funnel["stages"][2]["clicked"]
+    )
     assert await journeys(stack, f'RelanceMsgId="{msg_id}" AND RelanceState="completed"') == 1
 
 
@@ -100,22 +124,58 @@ async def test_same_request_id_gives_one_msg_id_and_one_journey(stack: Stack) ->
         await eventually(lambda m=msg_id: journeys(stack, f'RelanceMsgId="{m}"'))
         assert await journeys(stack, f'RelanceMsgId="{msg_id}"') == 1
     with Session(stack.engine) as session:
-        count = session.exec(select(func.count()).select_from(Push).where(
-            Push.request_id.in_(["order-42", "order-43"]))).one()  # type: ignore[union-attr]
+        count = session.exec(
+            select(func.count())
+            .select_from(Push)
+            .where(Push.request_id.in_(["order-42", "order-43"]))
+        ).one()  # type: ignore[union-attr]
     assert count == 2
 
 
 BAD = [
     ("malformed JSON", b'{"to": ', 400, "body"),
-    ("unknown condition", body(["x"], {"trigger": {"condition": "not_opened", "within": "2h"},
-                                       "stages": [{"after": "1h"}]}), 422, "resend.trigger.condition"),
-    ("negative after", body(["x"], {"trigger": {"condition": "not_clicked", "within": "2h"},
-                                    "stages": [{"after": "-1h"}]}), 422, "resend.stages[0].after"),
-    ("non-increasing after", body(["x"], {"trigger": {"condition": "not_clicked", "within": "2h"},
-                                          "stages": [{"after": "3h"}, {"after": "1h"}]}),
-     422, "stages[1].after"),
-    ("bad duration", body(["x"], {"trigger": {"condition": "not_clicked", "within": "soon"},
-                                  "stages": [{"after": "1h"}]}), 422, "resend.trigger.within"),
+    (
+        "unknown condition",
+        body(
+            ["x"],
+            {"trigger": {"condition": "not_opened", "within": "2h"}, "stages": [{"after": "1h"}]},
+        ),
+        422,
+        "resend.trigger.condition",
+    ),
+    (
+        "negative after",
+        body(
+            ["x"],
+            {"trigger": {"condition": "not_clicked", "within": "2h"}, "stages": [{"after": "-1h"}]},
+        ),
+        422,
+        "resend.stages[0].after",
+    ),
+    (
+        "non-increasing after",
+        body(
+            ["x"],
+            {
+                "trigger": {"condition": "not_clicked", "within": "2h"},
+                "stages": [{"after": "3h"}, {"after": "1h"}],
+            },
+        ),
+        422,
+        "stages[1].after",
+    ),
+    (
+        "bad duration",
+        body(
+            ["x"],
+            {
+                "trigger": {"condition": "not_clicked", "within": "soon"},
+                "stages": [{"after": "1h"}],
+            },
+        ),
+        422,
+        "resend.trigger.within",
+    ),
     ("empty audience", {**body(["x"]), "to": {"tag": ["nobody-has-this-tag"]}}, 422, "to"),
     ("no audience values", {**body(["x"]), "to": {"registration_id": []}}, 422, "to"),
 ]
@@ -130,8 +190,9 @@ async def test_bad_push_gets_a_4xx_naming_the_field_and_starts_nothing(
         pushes = session.exec(select(func.count()).select_from(Push)).one()
     async with stack.api() as api:
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        response = await api.post("/v4/push", content=content,
-                                  headers={"content-type": "application/json"})
+        response = await api.post(
+            "/v4/push", content=content, headers={"content-type": "application/json"}
+        )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert isinstance(error["code"], int) and field in error["message"], error
@@ -145,8 +206,10 @@ async def test_wrong_credentials_and_unknown_msg_id(stack: Stack) -> None:
     async with stack.api() as api:
         wrong = await api.post("/v4/push", json=body(["x"]), auth=(stack.app_key, "nope"))
         unknown = await api.get("/v4/push/123456")
-        events = await api.post("/v4/events", json={"events": [
-            {"msg_id": "123456", "registration_id": "x", "status": "clicked"}]})
+        events = await api.post(
+            "/v4/events",
+            json={"events": [{"msg_id": "123456", "registration_id": "x", "status": "clicked"}]},
+        )
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == 21004
     assert unknown.status_code == 404 and "msg_id" in unknown.json()["error"]["message"]
     assert events.status_code == 404 and "events[0].msg_id" in events.json()["error"]["message"]
@@ -167,19 +230,32 @@ async def test_acknowledged_event_is_in_the_ledger_and_a_duplicate_changes_nothi
     stack: Stack,
 ) -> None:
     async with stack.api() as api:
-        msg_id = (await api.post("/v4/push", json=body(["silent-ev-1", "silent-ev-2"]))).json()["msg_id"]
+        msg_id = (await api.post("/v4/push", json=body(["silent-ev-1", "silent-ev-2"]))).json()[
+            "msg_id"
+        ]
 
         async def sent() -> bool:
             return (await api.get(f"/v4/push/{msg_id}")).json()["state"] == "completed"
 
         await eventually(sent)
-        click = {"events": [{"msg_id": msg_id, "registration_id": "silent-ev-1",
-                             "status": "clicked", "stage": 0}]}
+        click = {
+            "events": [
+                {
+                    "msg_id": msg_id,
+                    "registration_id": "silent-ev-1",
+                    "status": "clicked",
+                    "stage": 0,
+                }
+            ]
+        }
         first = await api.post("/v4/events", json=click)
         assert first.status_code == 200 and first.json() == {"accepted": 1, "duplicates": 0}
         with Session(stack.engine) as session:
-            stored = session.exec(select(StatusEvent).where(
-                StatusEvent.msg_id == msg_id, StatusEvent.status == "clicked")).all()
+            stored = session.exec(
+                select(StatusEvent).where(
+                    StatusEvent.msg_id == msg_id, StatusEvent.status == "clicked"
+                )
+            ).all()
         assert [e.registration_id for e in stored] == ["silent-ev-1"]
         counts = ("delivered", "displayed", "clicked", "failed", "stages")
         funnel = (await api.get(f"/v4/push/{msg_id}")).json()["funnel"]
@@ -190,6 +266,7 @@ async def test_acknowledged_event_is_in_the_ledger_and_a_duplicate_changes_nothi
         assert funnel["clicked"] == 1 and funnel["delivered"] == 1 and funnel["displayed"] == 1
         page = (await api.get(f"/v4/push/{msg_id}/callbacks", params={"limit": 2})).json()
         assert [e["status"] for e in page["events"]] == ["sent", "sent"]
-        rest = (await api.get(f"/v4/push/{msg_id}/callbacks",
-                              params={"cursor": page["next_cursor"]})).json()
+        rest = (
+            await api.get(f"/v4/push/{msg_id}/callbacks", params={"cursor": page["next_cursor"]})
+        ).json()
         assert [e["status"] for e in rest["events"]] == ["clicked"]

@@ -17,12 +17,19 @@ async def test_worker_killed_mid_send_sends_everyone_exactly_once(
     simulator = ["--send-latency-ms", "40"]
     with relance_stack(dev_server.client, tmp_path, simulator, batch_size=50) as stack:
         async with stack.api() as api, stack.simulator() as sim:
-            await api.post("/v4/devices", json={"devices": [
-                {"registration_id": rid, "tags": ["crash"]} for rid in RECIPIENTS]})
-            accepted = await api.post("/v4/push", json={
-                "to": {"tag": ["crash"]},
-                "body": {"notification": {"alert": "Exactly once, please"}},
-            })
+            await api.post(
+                "/v4/devices",
+                json={
+                    "devices": [{"registration_id": rid, "tags": ["crash"]} for rid in RECIPIENTS]
+                },
+            )
+            accepted = await api.post(
+                "/v4/push",
+                json={
+                    "to": {"tag": ["crash"]},
+                    "body": {"notification": {"alert": "Exactly once, please"}},
+                },
+            )
             assert accepted.status_code == 200, accepted.text
             msg_id = accepted.json()["msg_id"]
 

@@ -25,8 +25,9 @@ HISTORIES = Path(__file__).parent.parent / "histories"
 async def test_journey_continues_as_new_and_keeps_its_schedule(
     time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
 ) -> None:
-    behaviour = Behaviour(clicks_at={"dev-00": 0}, p_click=[0.0], p_fail=0.0,
-                          min_delay_ms=1, max_delay_ms=10)
+    behaviour = Behaviour(
+        clicks_at={"dev-00": 0}, p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10
+    )
     async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
         key = stack.app_key
         request = PushRequest.model_validate(push_body(NEWS))
@@ -37,7 +38,9 @@ async def test_journey_continues_as_new_and_keeps_its_schedule(
         await eventually(lambda: stages_done(time_env, push.msg_id, 1))
         # A storm of (duplicate) progress signals during the trigger window.
         for _ in range(7):
-            await handle.signal(PushJourney.record_progress, ledger.progress(stack.engine, push.msg_id))
+            await handle.signal(
+                PushJourney.record_progress, ledger.progress(stack.engine, push.msg_id)
+            )
         first = time_env.client.get_workflow_handle(handle.id, run_id=first_run)
         await eventually(lambda: _continued(first))
         result = await handle.result()
@@ -46,11 +49,16 @@ async def test_journey_continues_as_new_and_keeps_its_schedule(
     assert [s.stage for s in result.stages] == [0, 1, 2]
     start_at = result.stages[0].sent_at
     assert [s.scheduled_at - start_at for s in result.stages] == [
-        timedelta(0), timedelta(hours=3), timedelta(hours=5)]
+        timedelta(0),
+        timedelta(hours=3),
+        timedelta(hours=5),
+    ]
     assert [s.sent for s in result.stages] == [len(DEVICES), len(DEVICES) - 1, len(DEVICES) - 1]
 
-    histories = [await first.fetch_history(),
-                 await time_env.client.get_workflow_handle(handle.id).fetch_history()]
+    histories = [
+        await first.fetch_history(),
+        await time_env.client.get_workflow_handle(handle.id).fetch_history(),
+    ]
     replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
     for history in histories:
         await replayer.replay_workflow(history)

@@ -28,9 +28,13 @@ ECOMMERCE = {
     "trigger": {"condition": "not_clicked", "within": "6h"},
     "stages": [
         {"after": "2h", "notification": {"alert": "Limited offer: best sellers almost out"}},
-        {"after": "5h", "notification": {
-            "alert": "Exclusive coupon: save $5 more",
-            "template": "{{ interests[0] }} are on sale now"}},
+        {
+            "after": "5h",
+            "notification": {
+                "alert": "Exclusive coupon: save $5 more",
+                "template": "{{ interests[0] }} are on sale now",
+            },
+        },
     ],
 }
 
@@ -39,8 +43,12 @@ def push_body(resend: dict[str, Any], rids: list[str] = DEVICES) -> dict[str, An
     return {
         "from": "push",
         "to": {"registration_id": rids},
-        "body": {"platform": "android", "notification": {"android": {
-            "title": "Morning", "alert": "Flash sale: best sellers almost gone"}}},
+        "body": {
+            "platform": "android",
+            "notification": {
+                "android": {"title": "Morning", "alert": "Flash sale: best sellers almost gone"}
+            },
+        },
         "request_id": "r-1",
         "resend": resend,
     }
@@ -69,12 +77,20 @@ def clicked(stack: Stack, msg_id: str, n: int) -> bool:
     ("resend", "stage_hours"), [(NEWS, (3, 5)), (ECOMMERCE, (8, 11))], ids=["news", "ecommerce"]
 )
 async def test_resends_reach_exactly_who_did_not_click_on_time(
-    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str,
-    resend: dict[str, Any], stage_hours: tuple[int, int],
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    resend: dict[str, Any],
+    stage_hours: tuple[int, int],
 ) -> None:
     # dev-00 and dev-01 click stage 0; dev-02 clicks stage 1, between stage 1 and stage 2.
-    behaviour = Behaviour(clicks_at={"dev-00": 0, "dev-01": 0, "dev-02": 1}, p_click=[0.0],
-                          p_fail=0.0, min_delay_ms=1, max_delay_ms=20)
+    behaviour = Behaviour(
+        clicks_at={"dev-00": 0, "dev-01": 0, "dev-02": 1},
+        p_click=[0.0],
+        p_fail=0.0,
+        min_delay_ms=1,
+        max_delay_ms=20,
+    )
     async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
         msg_id = await start(stack, resend)
         handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
@@ -97,8 +113,10 @@ async def test_resends_reach_exactly_who_did_not_click_on_time(
             assert timedelta(0) <= stage.sent_at - stage.scheduled_at < timedelta(seconds=5)
 
         fleet = stack.fleet
-        got = {stage: {m["registration_id"]: m for m in fleet.messages(msg_id, stage)}
-               for stage in (0, 1, 2)}
+        got = {
+            stage: {m["registration_id"]: m for m in fleet.messages(msg_id, stage)}
+            for stage in (0, 1, 2)
+        }
         assert set(got[0]) == set(DEVICES)
         assert set(got[1]) == set(DEVICES) - {"dev-00", "dev-01"}
         assert set(got[2]) == set(DEVICES) - {"dev-00", "dev-01", "dev-02"}
@@ -106,10 +124,13 @@ async def test_resends_reach_exactly_who_did_not_click_on_time(
         if resend is NEWS:
             assert {m["title"] for m in got[1].values()} == {"Still on: today's top story"}
             assert {m["alert"] for m in got[2].values()} == {
-                "Flash sale: best sellers almost gone\n3 more stories since this morning"}
+                "Flash sale: best sellers almost gone\n3 more stories since this morning"
+            }
             assert {m["title"] for m in got[2].values()} == {"Still on: today's top story"}
         else:
-            assert {m["alert"] for m in got[1].values()} == {"Limited offer: best sellers almost out"}
+            assert {m["alert"] for m in got[1].values()} == {
+                "Limited offer: best sellers almost out"
+            }
             # The template where the device has the attribute, the plain text where it has not.
             assert got[2]["dev-03"]["alert"] == "Sneakers are on sale now"
             assert got[2]["dev-07"]["alert"] == "Exclusive coupon: save $5 more"
