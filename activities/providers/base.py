@@ -19,11 +19,19 @@ class OutboundMessage(BaseModel):
 
 
 class SendOutcome(BaseModel):
+    """What happened to one message. Exactly one outcome per message sent, in any order."""
+
     registration_id: str
     ok: bool
     error: str | None = None
     # The provider says the token is dead: the device is invalidated.
     token_invalid: bool = False
+    # Not sent yet, worth another try after this many seconds (the provider's Retry-After or
+    # its own backoff); the sender tries again and the message is sent at most once.
+    retry_after: float | None = None
+    # The app's provider configuration is wrong (credentials, sender, topic): the token is
+    # kept, and the error says what a human must fix.
+    config_error: bool = False
 
 
 class ProviderError(Exception):
