@@ -6,10 +6,12 @@ import logging
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
 from relance.db import create_tables, make_engine
 from relance.settings import Settings, get_settings
+from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
 
 
@@ -20,11 +22,20 @@ def build_worker(
     create_tables(engine)
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
     journey = JourneyActivities(engine, providers, settings.send_batch_size)
+    callbacks = CallbackActivities(
+        engine,
+        CallbackConfig(
+            schedule=settings.callback_retry_schedule_seconds,
+            timeout=settings.callback_timeout_seconds,
+            batch_size=settings.callback_batch_size,
+            allowed_networks=tuple(settings.callback_allowed_networks),
+        ),
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[PushJourney],
-        activities=[journey.send_stage, journey.finish_journey],
+        workflows=[PushJourney, CallbackForwarder],
+        activities=[journey.send_stage, journey.finish_journey, callbacks.deliver_callbacks],
     )
 
 

@@ -7,9 +7,10 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
-from relance import ledger
+from relance import ledger, outbox
 from relance.content import render_stage
 from relance.db import App
+from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.models import PushRequest, StageNotification
 
@@ -61,6 +62,7 @@ class JourneyActivities:
                 await self._send_batch(provider, inp, batch, messages)
             cursor = last_id
             activity.heartbeat({"cursor": cursor})
+        await self._wake_callbacks(push.app_key)
         counts = await asyncio.to_thread(ledger.stage_counts, self.engine, inp.msg_id, inp.stage)
         progress = await asyncio.to_thread(ledger.progress, self.engine, inp.msg_id)
         return SendStageResult(
@@ -71,6 +73,15 @@ class JourneyActivities:
             skipped=counts.get("skipped", 0),
             progress=progress,
         )
+
+    async def _wake_callbacks(self, app_key: str) -> None:
+        """The stage's sent/failed events wait in the outbox: wake the app's forwarder."""
+        if await asyncio.to_thread(outbox.next_due, self.engine, app_key) is None:
+            return
+        try:
+            await wake_forwarder(activity.client(), activity.info().task_queue, app_key)
+        except Exception as exc:  # noqa: BLE001 — the API's sweep wakes it too
+            activity.logger.info("callback forwarder of %s not woken: %s", app_key, exc)
 
     @staticmethod
     def _message(

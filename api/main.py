@@ -12,7 +12,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Context
-from api.routes import devices, events, push
+from api.routes import callbacks, devices, events, push
 from api.signals import SignalCoalescer
 from relance.db import create_tables, make_engine
 from relance.settings import Settings, get_settings
@@ -39,9 +39,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     create_tables(engine)
-    context = Context(
-        settings, engine, SignalCoalescer(engine, settings.signal_interval_seconds), client
-    )
+    coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
+    context = Context(settings, engine, coalescer, client)
 
     async def _connect() -> None:
         while context.client is None:
@@ -78,6 +77,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(push.router)
     app.include_router(events.router)
     app.include_router(devices.router)
+    app.include_router(callbacks.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -1,5 +1,7 @@
-"""Coalesces status events per push into few signals: after each commit the API marks the push;
-every interval it signals each marked journey once with the ledger's absolute counts."""
+"""Coalesces status events into few signals: after each commit the API marks the push (and its
+app); every interval it signals each marked journey once with the ledger's absolute counts, and
+wakes each marked app's callback forwarder. A sweep re-wakes every forwarder with work waiting,
+so a wake lost to a crash costs delay, never a callback."""
 
 import asyncio
 import logging
@@ -7,27 +9,49 @@ import logging
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from relance import ledger
+from relance import ledger, outbox
+from relance.forwarding import wake_forwarder
 
 log = logging.getLogger("relance.api.signals")
 
 
 class SignalCoalescer:
-    def __init__(self, engine: Engine, interval: float) -> None:
+    def __init__(
+        self, engine: Engine, interval: float, task_queue: str, sweep_seconds: float = 30
+    ) -> None:
         self.engine = engine
         self.interval = interval
+        self.task_queue = task_queue
+        self.sweep_seconds = sweep_seconds
         self.client: Client | None = None
         self._dirty: set[str] = set()
+        self._apps: set[str] = set()
         self.signals_sent = 0
 
     def mark(self, msg_ids: set[str]) -> None:
         self._dirty |= msg_ids
 
+    def wake_app(self, app_key: str) -> None:
+        self._apps.add(app_key)
+
     async def flush(self) -> None:
-        if self.client is None or not self._dirty:
+        if self.client is None:
             return
         batch, self._dirty = self._dirty, set()
-        await asyncio.gather(*(self._signal(m) for m in batch))
+        apps, self._apps = self._apps, set()
+        await asyncio.gather(*(self._signal(m) for m in batch), *(self._wake(a) for a in apps))
+
+    async def sweep(self) -> None:
+        for app_key in await asyncio.to_thread(outbox.apps_with_work, self.engine):
+            self.wake_app(app_key)
+
+    async def _wake(self, app_key: str) -> None:
+        assert self.client is not None
+        try:
+            await wake_forwarder(self.client, self.task_queue, app_key)
+        except Exception as exc:  # noqa: BLE001 — the sweep wakes it again
+            self._apps.add(app_key)
+            log.info("callback forwarder of %s not woken: %s", app_key, exc)
 
     async def _signal(self, msg_id: str) -> None:
         # Imported here: workflows import relance models, and the API imports only the handle.
@@ -44,9 +68,14 @@ class SignalCoalescer:
             log.info("signal to push-%s not delivered: %s", msg_id, exc)
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()  # at start: recover the wakes a previous process lost
         while True:
-            await asyncio.sleep(self.interval)
             try:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.sweep_seconds
+                    await self.sweep()
                 await self.flush()
             except Exception:  # noqa: BLE001
                 log.exception("signal flush failed")
+            await asyncio.sleep(self.interval)

@@ -37,14 +37,18 @@ def _log() -> None:
 
 @app_cli.command("create")
 def app_create(name: Annotated[str, typer.Option(help="A name for humans.")] = "") -> None:
-    """Create an app and print its appKey and masterSecret (the secret is shown only here)."""
+    """Create an app; print its appKey, masterSecret and the secret that signs its status
+    callbacks (shown only here)."""
     from relance import ledger
     from relance.db import create_tables, make_engine
 
     engine = make_engine(get_settings().database_url)
     create_tables(engine)
     key, secret = ledger.create_app(engine, name)
-    typer.echo(json.dumps({"app_key": key, "master_secret": secret}))
+    callback_secret = ledger.get_app(engine, key).callback_secret
+    typer.echo(
+        json.dumps({"app_key": key, "master_secret": secret, "callback_secret": callback_secret})
+    )
 
 
 @main.command("db-init")

@@ -19,6 +19,11 @@ class App(SQLModel, table=True):
     name: str = Field(default="", max_length=128)
     provider: str = Field(default="simulator", max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
+    # Where status callbacks go when a push names no callback_url, and how they are signed.
+    callback_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    callback_username: str | None = Field(default=None, max_length=128)
+    # Kept in clear: it signs every callback (the receiver holds the same secret).
+    callback_secret: str | None = Field(default=None, max_length=128)
 
 
 class Device(SQLModel, table=True):
@@ -109,6 +114,41 @@ class StatusEvent(SQLModel, table=True):
     at: datetime
     error: str | None = Field(default=None, max_length=500)
     received_at: datetime = Field(default_factory=utcnow)
+
+
+class CallbackRow(SQLModel, table=True):
+    """The outbox: one status event for one callback URL, written with the event itself."""
+
+    __table_args__ = (
+        UniqueConstraint("url", "event_id"),
+        Index("ix_callback_row_unbatched", "app_key", "batch_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_key: str = Field(max_length=64)
+    url: str = Field(max_length=2048)
+    event_id: str = Field(max_length=64)
+    msg_id: str = Field(max_length=64)
+    row: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    batch_id: int | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CallbackBatch(SQLModel, table=True):
+    """Rows POSTed together to one URL; retried as a unit, dead-lettered after the last try."""
+
+    __table_args__ = (Index("ix_callback_batch_due", "app_key", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_key: str = Field(max_length=64)
+    url: str = Field(max_length=2048)
+    state: str = Field(default="pending", max_length=16)  # pending|delivered|dead
+    rows: int = 0
+    attempts: int = 0
+    next_attempt_at: datetime
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
 
 
 def make_engine(url: str) -> Engine:

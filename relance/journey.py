@@ -130,3 +130,22 @@ def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
         within_seconds=resend.trigger.within.total_seconds() if resend else 0,
         stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
     )
+
+
+class ForwarderInput(BaseModel):
+    app_key: str
+    # The forwarder ends after this long with nothing to deliver; new rows start it again.
+    idle_seconds: float = 300
+
+
+class DeliverInput(BaseModel):
+    app_key: str
+    # Workflow time: what "due" means, so the retry schedule holds on a time-skipping server.
+    now: datetime
+
+
+class DeliverResult(BaseModel):
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    next_due: datetime | None = None

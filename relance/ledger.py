@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
+from relance import outbox
 from relance.db import App, Delivery, Device, Push, Recipient, StatusEvent, utcnow
 from relance.journey import Funnel, Progress, StageFunnel
 from relance.models import DeviceIn, EventStatus, PushRequest, StatusEventIn, TriggerCondition
@@ -72,11 +73,44 @@ def create_app(
     with Session(engine) as session:
         existing = session.get(App, app_key)
         if existing is None:
-            session.add(App(app_key=app_key, secret_hash=_hash_secret(secret), name=name))
+            session.add(
+                App(
+                    app_key=app_key,
+                    secret_hash=_hash_secret(secret),
+                    name=name,
+                    callback_secret=secrets.token_urlsafe(32),
+                )
+            )
         else:
             existing.secret_hash = _hash_secret(secret)
         session.commit()
     return app_key, secret
+
+
+def get_app(engine: Engine, app_key: str) -> App:
+    with Session(engine) as session:
+        app = session.get(App, app_key)
+    if app is None:
+        raise NotFound("app_key", f"no app {app_key!r}")
+    return app
+
+
+def set_callbacks(
+    engine: Engine, app_key: str, urls: list[str], username: str | None, secret: str | None
+) -> App:
+    """The app's default callback URLs, and optionally the username and secret that sign them."""
+    with Session(engine) as session:
+        app = session.get(App, app_key)
+        if app is None:
+            raise NotFound("app_key", f"no app {app_key!r}")
+        app.callback_urls = list(urls)
+        if username is not None:
+            app.callback_username = username
+        if secret is not None:
+            app.callback_secret = secret
+        session.commit()
+        session.refresh(app)
+        return app
 
 
 def authenticate(engine: Engine, app_key: str, secret: str) -> App | None:
@@ -300,6 +334,7 @@ class IngestResult:
     accepted: int
     duplicates: int
     msg_ids: set[str]
+    callbacks_queued: int = 0
 
 
 def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> IngestResult:
@@ -368,15 +403,11 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
             )
         rows = list({r["event_id"]: r for r in rows}.values())  # duplicates inside one batch
         inserted: set[str] = set()
-        table = StatusEvent.__table__  # type: ignore[attr-defined]
-        for chunk in _chunks(rows, 500):
-            stmt = (
-                _insert(session)(table)
-                .values(chunk)
-                .on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(table.c.event_id)
-            )
-            inserted.update(session.execute(stmt).scalars())
+        queued = 0
+        for msg_id in {r["msg_id"] for r in rows}:
+            mine = [r for r in rows if r["msg_id"] == msg_id]
+            new, rows_queued = _store_events(session, pushes[msg_id], mine)
+            inserted, queued = inserted | new, queued + rows_queued
         bumps: dict[str, dict[str, int]] = {}
         for row in rows:
             if row["event_id"] not in inserted:
@@ -405,7 +436,30 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
             if bump:
                 _bump(session, msg_id, bump)
         session.commit()
-        return IngestResult(len(inserted), len(events) - len(inserted), {r["msg_id"] for r in rows})
+        return IngestResult(
+            len(inserted), len(events) - len(inserted), {r["msg_id"] for r in rows}, queued
+        )
+
+
+def _store_events(
+    session: Session, push: Push, events: list[dict[str, Any]]
+) -> tuple[set[str], int]:
+    """Insert status events, ignoring ones already stored; queue the new ones for callbacks.
+    Returns the event_ids that were new and how many callback rows were queued."""
+    table = StatusEvent.__table__  # type: ignore[attr-defined]
+    inserted: set[str] = set()
+    for chunk in _chunks(events, 500):
+        stmt = (
+            _insert(session)(table)
+            .values(chunk)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(table.c.event_id)
+        )
+        inserted.update(session.execute(stmt).scalars())
+    queued = outbox.enqueue(
+        session, push, [e for e in events if e["event_id"] in inserted], _insert(session)
+    )
+    return inserted, queued
 
 
 def _stops(condition: str | None, recipient: Recipient) -> bool:
@@ -586,28 +640,21 @@ def record_outcomes(
             session.execute(
                 update(Delivery).where(Delivery.id.in_(ok_ids)).values(status="sent", sent_at=now)  # type: ignore[union-attr]
             )
-            rows = [
-                {
-                    "event_id": event_key(msg_id, o.registration_id, stage, "sent"),
-                    "msg_id": msg_id,
-                    "registration_id": o.registration_id,
-                    "stage": stage,
-                    "status": "sent",
-                    "at": now,
-                    "error": None,
-                    "received_at": now,
-                }
-                for o in outcomes
-                if o.ok
-            ]
-            stmt = (
-                _insert(session)(StatusEvent.__table__)
-                .values(rows)
-                .on_conflict_do_nothing(  # type: ignore[attr-defined]
-                    index_elements=["event_id"]
-                )
-            )
-            session.execute(stmt)
+        events = [
+            {
+                "event_id": event_key(msg_id, o.registration_id, stage, status),
+                "msg_id": msg_id,
+                "registration_id": o.registration_id,
+                "stage": stage,
+                "status": status,
+                "at": now,
+                "error": None if o.ok else o.error,
+                "received_at": now,
+            }
+            for o in outcomes
+            for status in ("sent" if o.ok else "failed",)
+        ]
+        _store_events(session, push, events)
         failed = [o for o in outcomes if not o.ok]
         bump: dict[str, int] = {}
         for o in failed:
@@ -627,20 +674,6 @@ def record_outcomes(
             if not recipient.stopped and _stops(push.condition, recipient):
                 recipient.stopped = True
                 bump["n_stopped"] = bump.get("n_stopped", 0) + 1
-            session.execute(
-                _insert(session)(StatusEvent.__table__)
-                .values(  # type: ignore[attr-defined]
-                    event_id=event_key(msg_id, o.registration_id, stage, "failed"),
-                    msg_id=msg_id,
-                    registration_id=o.registration_id,
-                    stage=stage,
-                    status="failed",
-                    at=now,
-                    error=o.error,
-                    received_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["event_id"])
-            )
             if o.token_invalid:
                 session.execute(
                     update(Device)

@@ -226,8 +226,15 @@ class PushRequest(BaseModel):
     body: PushBody
     request_id: str | None = Field(None, min_length=1, max_length=128)
     custom_args: Any = None
-    callback_url: list[str] | str | None = None
+    callback_url: list[Annotated[str, Field(max_length=2048)]] | None = Field(
+        None, max_length=5, description="Up to 5 URLs that receive this push's status events."
+    )
     resend: ResendPolicy | None = None
+
+    @field_validator("callback_url", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
 
 
 class PushAccepted(BaseModel):

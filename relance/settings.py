@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     # How long the API gathers status events of one push before signalling its journey.
     signal_interval_seconds: float = 0.5
     send_batch_size: int = Field(100, ge=1, le=1000)
+    # Status callbacks: EngageLab's retry schedule (10 s, 1 min, 5 min, 30 min, 1 h), the
+    # per-try timeout, rows per POST, and networks allowed besides public addresses.
+    callback_retry_schedule_seconds: list[float] = [10, 60, 300, 1800, 3600]
+    callback_timeout_seconds: float = 5.0
+    callback_batch_size: int = Field(100, ge=1, le=1000)
+    callback_allowed_networks: list[str] = []
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -27,4 +27,6 @@ async def post_events(batch: EventBatch, app: AppDep, ctx: ContextDep) -> Events
     result = await run_in_threadpool(ledger.ingest_events, ctx.engine, app.app_key, batch.events)
     if result.accepted:
         ctx.coalescer.mark(result.msg_ids)
+    if result.callbacks_queued:
+        ctx.coalescer.wake_app(app.app_key)
     return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)

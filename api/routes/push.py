@@ -11,6 +11,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.deps import AppDep, ContextDep, temporal
 from api.errors import ApiError
 from api.journeys import start_journey
+from api.routes.callbacks import check_urls
 from relance import ledger
 from relance.db import utcnow
 from relance.journey import Funnel, JourneyStatus, plan_for
@@ -147,6 +148,7 @@ async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> Pus
     stage's `after` counts from that moment (within 2h, after 1h and 3h: send+3h and send+5h).
     The same `request_id` from the same app returns the same msg_id and starts nothing new."""
     client = temporal(ctx)
+    await check_urls(ctx, request.callback_url or [], "callback_url")
     accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
     push = accepted.push
     try:

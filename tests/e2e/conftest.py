@@ -103,7 +103,11 @@ def _wait_healthy(url: str, timeout: float = 60) -> None:
 
 @contextmanager
 def relance_stack(
-    client: Client, tmp: Path, simulator_args: list[str], batch_size: int = 100
+    client: Client,
+    tmp: Path,
+    simulator_args: list[str],
+    batch_size: int = 100,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     api_port, sim_port = free_port(), free_port()
     db_url = f"sqlite:///{tmp / 'ledger.db'}"
@@ -130,6 +134,9 @@ def relance_stack(
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
         "RELANCE_SEND_BATCH_SIZE": str(batch_size),
         "RELANCE_SIGNAL_INTERVAL_SECONDS": "0.2",
+        # The tests' callback receivers listen on loopback, which relance refuses by default.
+        "RELANCE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        **(extra_env or {}),
     }
     stack.parts = {
         "api": Part("api", ["api", "--port", str(api_port)], env, tmp),

@@ -1,0 +1,202 @@
+"""The callback outbox in the ledger: rows written in the same transaction as their status
+events, formed into batches per URL, delivered, retried on schedule, dead-lettered."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from relance.callbacks import callback_row, callback_urls, next_attempt
+from relance.db import App, CallbackBatch, CallbackRow, Push
+
+
+def utc(moment: datetime) -> datetime:
+    """UTC, so outbox times compare alike on every database."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def enqueue(session: Session, push: Push, events: list[dict[str, Any]], insert: Any) -> int:
+    """Queue these (newly stored) status events for each callback URL of their push; returns
+    how many rows were queued."""
+    if not events:
+        return 0
+    app = session.get(App, push.app_key)
+    urls = callback_urls(push.request, app.callback_urls if app else [])
+    if not urls:
+        return 0
+    rows = [
+        {
+            "app_key": push.app_key,
+            "url": url,
+            "event_id": e["event_id"],
+            "msg_id": push.msg_id,
+            "row": callback_row(push.request, e),
+            "batch_id": None,
+            "created_at": utc(e.get("received_at") or e["at"]),
+        }
+        for e in events
+        for url in urls
+    ]
+    for i in range(0, len(rows), 500):
+        session.execute(
+            insert(CallbackRow.__table__)  # type: ignore[attr-defined]
+            .values(rows[i : i + 500])
+            .on_conflict_do_nothing(index_elements=["url", "event_id"])
+        )
+    return len(rows)
+
+
+def form_batches(engine: Engine, app_key: str, now: datetime, batch_size: int) -> int:
+    """Group the app's unbatched rows into batches of at most `batch_size` per URL."""
+    formed = 0
+    with Session(engine) as session:
+        pending = session.execute(
+            select(CallbackRow.id, CallbackRow.url)
+            .where(CallbackRow.app_key == app_key, CallbackRow.batch_id.is_(None))  # type: ignore[union-attr]
+            .order_by(CallbackRow.id)  # type: ignore[arg-type]
+            .limit(batch_size * 50)
+        ).all()
+        by_url: dict[str, list[int]] = {}
+        for row_id, url in pending:
+            by_url.setdefault(url, []).append(row_id)
+        for url, ids in by_url.items():
+            for i in range(0, len(ids), batch_size):
+                chunk = ids[i : i + batch_size]
+                batch = CallbackBatch(
+                    app_key=app_key, url=url, rows=len(chunk), next_attempt_at=utc(now)
+                )
+                session.add(batch)
+                session.flush()
+                session.execute(
+                    update(CallbackRow).where(CallbackRow.id.in_(chunk)).values(batch_id=batch.id)  # type: ignore[union-attr]
+                )
+                formed += 1
+        session.commit()
+    return formed
+
+
+def due_batches(
+    engine: Engine, app_key: str, now: datetime, limit: int
+) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
+    with Session(engine) as session:
+        batches = list(
+            session.execute(
+                select(CallbackBatch)
+                .where(
+                    CallbackBatch.app_key == app_key,
+                    CallbackBatch.state == "pending",
+                    CallbackBatch.next_attempt_at <= utc(now),  # type: ignore[operator]
+                )
+                .order_by(CallbackBatch.next_attempt_at)  # type: ignore[arg-type]
+                .limit(limit)
+            ).scalars()
+        )
+        out = []
+        for batch in batches:
+            rows = session.execute(
+                select(CallbackRow.row)
+                .where(CallbackRow.batch_id == batch.id)
+                .order_by(CallbackRow.id)  # type: ignore[arg-type]
+            ).scalars()
+            out.append((batch, list(rows)))
+        return out
+
+
+def record_attempt(
+    engine: Engine, batch_id: int, now: datetime, error: str | None, schedule: list[float]
+) -> str:
+    """Record one delivery try; returns the batch's new state."""
+    with Session(engine) as session:
+        batch = session.get(CallbackBatch, batch_id)
+        assert batch is not None
+        batch.attempts += 1
+        if error is None:
+            batch.state, batch.delivered_at, batch.last_error = "delivered", utc(now), None
+        else:
+            batch.last_error = error[:500]
+            retry_at = next_attempt(now, batch.attempts, schedule)
+            if retry_at is None:
+                batch.state = "dead"
+            else:
+                batch.next_attempt_at = utc(retry_at)
+        session.commit()
+        return batch.state
+
+
+def next_due(engine: Engine, app_key: str) -> datetime | None:
+    """When the app's forwarder has work next: now if rows wait unbatched, else the earliest
+    pending batch, else None (nothing to do)."""
+    with Session(engine) as session:
+        unbatched = session.execute(
+            select(CallbackRow.id)
+            .where(CallbackRow.app_key == app_key, CallbackRow.batch_id.is_(None))  # type: ignore[union-attr]
+            .limit(1)
+        ).first()
+        if unbatched is not None:
+            return datetime.now(UTC)
+        earliest = session.execute(
+            select(func.min(CallbackBatch.next_attempt_at)).where(
+                CallbackBatch.app_key == app_key, CallbackBatch.state == "pending"
+            )
+        ).scalar_one_or_none()
+    return utc(earliest) if earliest is not None else None
+
+
+def apps_with_work(engine: Engine) -> list[str]:
+    """Apps whose forwarder should be running: unbatched rows or pending batches."""
+    with Session(engine) as session:
+        rows = set(
+            session.execute(
+                select(CallbackRow.app_key).where(CallbackRow.batch_id.is_(None)).distinct()  # type: ignore[union-attr]
+            ).scalars()
+        )
+        batches = set(
+            session.execute(
+                select(CallbackBatch.app_key).where(CallbackBatch.state == "pending").distinct()
+            ).scalars()
+        )
+    return sorted(rows | batches)
+
+
+def dead_batches(
+    engine: Engine, app_key: str, after_id: int, limit: int
+) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
+    with Session(engine) as session:
+        batches = list(
+            session.execute(
+                select(CallbackBatch)
+                .where(
+                    CallbackBatch.app_key == app_key,
+                    CallbackBatch.state == "dead",
+                    CallbackBatch.id > after_id,
+                )  # type: ignore[operator]
+                .order_by(CallbackBatch.id)  # type: ignore[arg-type]
+                .limit(limit)
+            ).scalars()
+        )
+        return [
+            (
+                b,
+                list(
+                    session.execute(
+                        select(CallbackRow.row)
+                        .where(CallbackRow.batch_id == b.id)
+                        .order_by(CallbackRow.id)  # type: ignore[arg-type]
+                    ).scalars()
+                ),
+            )
+            for b in batches
+        ]
+
+
+def requeue_dead(engine: Engine, app_key: str, batch_id: int, now: datetime) -> bool:
+    """Send a dead-lettered batch again from the first try; False if there is no such batch."""
+    with Session(engine) as session:
+        batch = session.get(CallbackBatch, batch_id)
+        if batch is None or batch.app_key != app_key or batch.state != "dead":
+            return False
+        batch.state, batch.attempts, batch.next_attempt_at = "pending", 0, utc(now)
+        session.commit()
+        return True
