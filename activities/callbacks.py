@@ -52,6 +52,7 @@ class CallbackActivities:
             state = await asyncio.to_thread(
                 outbox.record_attempt, self.engine, batch.id, inp.now, error, cfg.schedule
             )
+            activity.heartbeat()
             if state == "delivered":
                 result.delivered += 1
             elif state == "dead":

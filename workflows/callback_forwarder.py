@@ -32,6 +32,8 @@ class CallbackForwarder:
                 DeliverInput(app_key=inp.app_key, now=workflow.now()),
                 result_type=DeliverResult,
                 start_to_close_timeout=timedelta(minutes=5),
+                # A worker that dies mid-round is noticed in seconds, not at the 5-minute mark.
+                heartbeat_timeout=timedelta(seconds=20),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
             )
             if self._woken:

@@ -30,7 +30,8 @@ def verify(headers: dict[str, str], body: bytes, username: str, secret: str) -> 
     """The README's few lines: both signatures, and the username."""
     fields = dict(part.split("=", 1) for part in headers["x-callback-id"].split(";"))
     expected = hmac.new(
-        secret.encode(), (fields["timestamp"] + fields["nonce"] + fields["username"]).encode(),
+        secret.encode(),
+        (fields["timestamp"] + fields["nonce"] + fields["username"]).encode(),
         hashlib.sha256,
     ).hexdigest()
     t, v1 = (part.split("=", 1)[1] for part in headers["x-relance-signature"].split(","))
@@ -59,9 +60,7 @@ class Receiver:
                 self.attempts.append((time.monotonic(), path, 503))
                 return Response("not now", status_code=503)
             self.attempts.append((time.monotonic(), path, 200))
-            self.deliveries.append(
-                Delivery(time.monotonic(), path, dict(request.headers), body)
-            )
+            self.deliveries.append(Delivery(time.monotonic(), path, dict(request.headers), body))
             return Response("ok")
 
         return Starlette(routes=[Route("/{path:path}", handle, methods=["POST"])])

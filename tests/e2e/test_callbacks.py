@@ -19,12 +19,17 @@ SCHEDULE = [0.5, 1.0, 1.5]
 
 
 @pytest.fixture(scope="module")
-def stack(dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"RELANCE_CALLBACK_RETRY_SCHEDULE_SECONDS": str(SCHEDULE),
-           "RELANCE_CALLBACK_TIMEOUT_SECONDS": "2"}
+def stack(
+    dev_server: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    env = {
+        "RELANCE_CALLBACK_RETRY_SCHEDULE_SECONDS": str(SCHEDULE),
+        "RELANCE_CALLBACK_TIMEOUT_SECONDS": "2",
+    }
     simulator = ["--seed", "3", "--min-delay-ms", "20", "--max-delay-ms", "200"]
-    with relance_stack(dev_server.client, tmp_path_factory.mktemp("cb"), simulator,
-                       extra_env=env) as s:
+    with relance_stack(
+        dev_server.client, tmp_path_factory.mktemp("cb"), simulator, extra_env=env
+    ) as s:
         yield s
 
 
@@ -37,9 +42,13 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 
 def push(rids: list[str], url: str, **extra: Any) -> dict[str, Any]:
-    return {"to": {"registration_id": rids},
-            "body": {"notification": {"alert": "Hello"}},
-            "custom_args": {"order": 42}, "callback_url": [url], **extra}
+    return {
+        "to": {"registration_id": rids},
+        "body": {"notification": {"alert": "Hello"}},
+        "custom_args": {"order": 42},
+        "callback_url": [url],
+        **extra,
+    }
 
 
 def stored_events(stack: Stack, msg_id: str) -> list[str]:
@@ -71,10 +80,14 @@ async def test_healthy_receiver_gets_every_event_once_signed_with_custom_args(
     assert app.callback_secret
     for delivery in rec.deliveries:
         assert verify(delivery.headers, delivery.body, stack.app_key, app.callback_secret)
-        assert not verify(delivery.headers, delivery.body + b" ", stack.app_key, app.callback_secret)
+        assert not verify(
+            delivery.headers, delivery.body + b" ", stack.app_key, app.callback_secret
+        )
         for row in delivery.rows:
             assert row["custom_args"] == {"order": 42} and row["message_id"] == msg_id
-            assert {"message_status", "status_data", "error_code", "error_detail"} <= set(row["status"])
+            assert {"message_status", "status_data", "error_code", "error_detail"} <= set(
+                row["status"]
+            )
 
 
 async def test_failing_receiver_gets_events_later_on_schedule(
@@ -83,7 +96,9 @@ async def test_failing_receiver_gets_events_later_on_schedule(
     rec, base = receiver
     rec.failing["/flaky"] = 2
     async with stack.api() as api:
-        msg_id = (await api.post("/v4/push", json=push(["silent-flaky"], f"{base}/flaky"))).json()["msg_id"]
+        msg_id = (await api.post("/v4/push", json=push(["silent-flaky"], f"{base}/flaky"))).json()[
+            "msg_id"
+        ]
     await eventually(lambda: rec.event_ids("/flaky"), timeout=30)
     tries = [at for at, path, _ in rec.attempts if path == "/flaky"]
     assert [s for _, p, s in rec.attempts if p == "/flaky"] == [503, 503, 200]
@@ -98,7 +113,9 @@ async def test_always_failing_receiver_ends_in_dead_letters_and_redelivery_works
     rec, base = receiver
     rec.failing["/down"] = -1
     async with stack.api() as api:
-        msg_id = (await api.post("/v4/push", json=push(["silent-down"], f"{base}/down"))).json()["msg_id"]
+        msg_id = (await api.post("/v4/push", json=push(["silent-down"], f"{base}/down"))).json()[
+            "msg_id"
+        ]
 
         async def dead() -> list[dict[str, Any]]:
             return list((await api.get("/v4/callbacks/dead")).json()["batches"])
@@ -116,10 +133,17 @@ async def test_always_failing_receiver_ends_in_dead_letters_and_redelivery_works
         assert missing.status_code == 404
 
 
-@pytest.mark.parametrize("url", [
-    "http://10.1.2.3/cb", "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/x",
-    "http://192.168.0.10/cb", "ftp://example.com/cb", "not a url",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/cb",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/x",
+        "http://192.168.0.10/cb",
+        "ftp://example.com/cb",
+        "not a url",
+    ],
+)
 async def test_callback_url_on_a_private_address_is_refused_at_push_time(
     stack: Stack, url: str
 ) -> None:
@@ -136,8 +160,9 @@ async def test_app_default_callback_url_is_used_when_the_push_names_none(
 ) -> None:
     rec, base = receiver
     async with stack.api() as api:
-        put = await api.put("/v4/app/callback", json={"urls": [f"{base}/default"],
-                                                       "username": "shop"})
+        put = await api.put(
+            "/v4/app/callback", json={"urls": [f"{base}/default"], "username": "shop"}
+        )
         assert put.json() == {"urls": [f"{base}/default"], "username": "shop", "secret_set": True}
         body = push(["silent-default"], "x")
         del body["callback_url"]
