@@ -1,6 +1,7 @@
 """A real HTTP callback receiver for the tests, served by uvicorn on loopback; it verifies both
 signatures the way the README tells a customer to."""
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -49,11 +50,16 @@ class Receiver:
     attempts: list[tuple[float, str, int]] = field(default_factory=list)
     # path -> how many next requests to answer 503 (-1: always)
     failing: dict[str, int] = field(default_factory=dict)
+    # paths that never answer in time
+    hanging: set[str] = field(default_factory=set)
 
     def app(self) -> Starlette:
         async def handle(request: Request) -> Response:
             body = await request.body()
             path = request.url.path
+            if path in self.hanging:
+                self.attempts.append((time.monotonic(), path, 0))
+                await asyncio.sleep(5)  # past relance's 2 s timeout in these tests
             left = self.failing.get(path, 0)
             if left:
                 self.failing[path] = left - 1 if left > 0 else left

@@ -1,6 +1,7 @@
 """Status callbacks to a real HTTP receiver: every event exactly once and signed when healthy;
 retried on the (shortened) schedule; dead-lettered and redelivered; private targets refused."""
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -175,3 +176,24 @@ async def test_app_default_callback_url_is_used_when_the_push_names_none(
     assert verify(delivery.headers, delivery.body, "shop", app.callback_secret or "")
     assert delivery.rows[0]["message_id"] == msg_id
     assert delivery.rows[0]["status"]["message_status"] == "sent"
+
+
+async def test_a_hanging_receiver_slows_no_other_app(
+    stack: Stack, receiver: tuple[Receiver, str]
+) -> None:
+    rec, base = receiver
+    rec.hanging.add("/hang")
+    other_key, other_secret = ledger.create_app(stack.engine, "other")
+    async with stack.api() as api:
+        for _ in range(3):  # several batches stuck at the hanging receiver
+            body = push([f"silent-hang-{_}"], f"{base}/hang")
+            assert (await api.post("/v4/push", json=body)).status_code == 200
+        await eventually(lambda: any(p == "/hang" for _, p, _ in rec.attempts), timeout=30)
+        started = asyncio.get_running_loop().time()
+        other = await api.post(
+            "/v4/push", json=push(["silent-other"], f"{base}/other"), auth=(other_key, other_secret)
+        )
+        assert other.status_code == 200
+        await eventually(lambda: rec.event_ids("/other"), timeout=30)
+    # Well inside the hanging receiver's 2 s timeout and its retries.
+    assert asyncio.get_running_loop().time() - started < 2.0
