@@ -198,6 +198,10 @@ def dev(
         "RELANCE_API_URL": f"http://127.0.0.1:{api_port}",
         "RELANCE_SIMULATOR_URL": f"http://127.0.0.1:{simulator_port}",
         "RELANCE_TEMPORAL_UI_URL": f"http://localhost:{ui_port}",
+        # On a laptop, the business server receiving callbacks is usually on localhost too.
+        "RELANCE_CALLBACK_ALLOWED_NETWORKS": os.environ.get(
+            "RELANCE_CALLBACK_ALLOWED_NETWORKS", '["127.0.0.0/8", "::1/128"]'
+        ),
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
     }
