@@ -77,31 +77,39 @@ def form_batches(engine: Engine, app_key: str, now: datetime, batch_size: int) -
     return formed
 
 
+def _with_rows(session: Session, query: Any) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
+    batches = list(session.execute(query).scalars())
+    return [
+        (
+            batch,
+            list(
+                session.execute(
+                    select(CallbackRow.row)
+                    .where(CallbackRow.batch_id == batch.id)
+                    .order_by(CallbackRow.id)  # type: ignore[arg-type]
+                ).scalars()
+            ),
+        )
+        for batch in batches
+    ]
+
+
 def due_batches(
     engine: Engine, app_key: str, now: datetime, limit: int
 ) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
+    """Pending batches whose next try is due, with their rows."""
     with Session(engine) as session:
-        batches = list(
-            session.execute(
-                select(CallbackBatch)
-                .where(
-                    CallbackBatch.app_key == app_key,
-                    CallbackBatch.state == "pending",
-                    CallbackBatch.next_attempt_at <= utc(now),  # type: ignore[operator]
-                )
-                .order_by(CallbackBatch.next_attempt_at)  # type: ignore[arg-type]
-                .limit(limit)
-            ).scalars()
+        return _with_rows(
+            session,
+            select(CallbackBatch)
+            .where(
+                CallbackBatch.app_key == app_key,
+                CallbackBatch.state == "pending",
+                CallbackBatch.next_attempt_at <= utc(now),  # type: ignore[operator]
+            )
+            .order_by(CallbackBatch.next_attempt_at)  # type: ignore[arg-type]
+            .limit(limit),
         )
-        out = []
-        for batch in batches:
-            rows = session.execute(
-                select(CallbackRow.row)
-                .where(CallbackRow.batch_id == batch.id)
-                .order_by(CallbackRow.id)  # type: ignore[arg-type]
-            ).scalars()
-            out.append((batch, list(rows)))
-        return out
 
 
 def record_attempt(
@@ -163,32 +171,19 @@ def apps_with_work(engine: Engine) -> list[str]:
 def dead_batches(
     engine: Engine, app_key: str, after_id: int, limit: int
 ) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
+    """Dead-lettered batches after `after_id`, with their rows."""
     with Session(engine) as session:
-        batches = list(
-            session.execute(
-                select(CallbackBatch)
-                .where(
-                    CallbackBatch.app_key == app_key,
-                    CallbackBatch.state == "dead",
-                    CallbackBatch.id > after_id,
-                )  # type: ignore[operator]
-                .order_by(CallbackBatch.id)  # type: ignore[arg-type]
-                .limit(limit)
-            ).scalars()
-        )
-        return [
-            (
-                b,
-                list(
-                    session.execute(
-                        select(CallbackRow.row)
-                        .where(CallbackRow.batch_id == b.id)
-                        .order_by(CallbackRow.id)  # type: ignore[arg-type]
-                    ).scalars()
-                ),
+        return _with_rows(
+            session,
+            select(CallbackBatch)
+            .where(
+                CallbackBatch.app_key == app_key,
+                CallbackBatch.state == "dead",
+                CallbackBatch.id > after_id,  # type: ignore[operator]
             )
-            for b in batches
-        ]
+            .order_by(CallbackBatch.id)  # type: ignore[arg-type]
+            .limit(limit),
+        )
 
 
 def requeue_dead(engine: Engine, app_key: str, batch_id: int, now: datetime) -> bool:
