@@ -12,7 +12,7 @@ from temporalio import activity
 
 from relance import outbox
 from relance.callbacks import UnsafeCallbackUrl, body_of, check_callback_url, signed_headers
-from relance.db import App, CallbackBatch
+from relance.db import App, CallbackBatch, reading
 from relance.journey import DeliverInput, DeliverResult
 
 log = logging.getLogger("relance.callbacks")
@@ -44,29 +44,35 @@ class CallbackActivities:
         due = await asyncio.to_thread(outbox.due_batches, self.engine, inp.app_key, inp.now, 200)
         signing = await asyncio.to_thread(self._signing, inp.app_key)
         limit = asyncio.Semaphore(cfg.concurrency)
-        result = DeliverResult()
+        outcomes: dict[int, str | None] = {}
 
         async def one(batch: CallbackBatch, rows: list[dict]) -> None:  # type: ignore[type-arg]
             async with limit:
-                error = await self._post(batch.url, rows, signing, inp)
-            state = await asyncio.to_thread(
-                outbox.record_attempt, self.engine, batch.id, inp.now, error, cfg.schedule
-            )
+                outcomes[batch.id or 0] = await self._post(batch.url, rows, signing, inp)
             activity.heartbeat()
-            if state == "delivered":
-                result.delivered += 1
-            elif state == "dead":
-                result.dead += 1
-                log.warning("callback batch %s to %s dead-lettered: %s", batch.id, batch.url, error)
-            else:
-                result.failed += 1
 
         await asyncio.gather(*(one(b, rows) for b, rows in due))
+        states = await asyncio.to_thread(
+            outbox.record_attempts, self.engine, outcomes, inp.now, cfg.schedule
+        )
+        result = DeliverResult(
+            delivered=sum(s == "delivered" for s in states.values()),
+            failed=sum(s == "pending" for s in states.values()),
+            dead=sum(s == "dead" for s in states.values()),
+        )
+        for batch, _ in due:
+            if states.get(batch.id or 0) == "dead":
+                log.warning(
+                    "callback batch %s to %s dead-lettered: %s",
+                    batch.id,
+                    batch.url,
+                    outcomes[batch.id or 0],
+                )
         result.next_due = await asyncio.to_thread(outbox.next_due, self.engine, inp.app_key)
         return result
 
     def _signing(self, app_key: str) -> tuple[str, str]:
-        with Session(self.engine) as session:
+        with Session(reading(self.engine)) as session:
             app = session.get(App, app_key)
         if app is None:
             return app_key, ""

@@ -9,7 +9,7 @@ from temporalio import activity
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from relance import ledger, outbox
 from relance.content import render_stage
-from relance.db import App
+from relance.db import App, reading
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.models import PushRequest, StageNotification
@@ -31,7 +31,7 @@ class JourneyActivities:
     def _provider(self, app_key: str) -> Provider:
         from sqlmodel import Session
 
-        with Session(self.engine) as session:
+        with Session(reading(self.engine)) as session:
             app = session.get(App, app_key)
         name = app.provider if app else "simulator"
         return self.providers[name]

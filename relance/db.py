@@ -171,10 +171,17 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # IMMEDIATE: take the write lock up front, so concurrent writers wait instead of failing.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE: a writer takes the write lock up front, so concurrent writers wait instead
+        # of failing; readers (see `reading`) begin plainly and run beside them under WAL.
+        read_only = conn.get_execution_options().get("relance_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def reading(engine: Engine) -> Engine:
+    """The same engine for transactions that only read: on SQLite they take no write lock."""
+    return engine.execution_options(relance_read_only=True)
 
 
 def create_tables(engine: Engine) -> None:

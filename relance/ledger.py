@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from relance import outbox
-from relance.db import App, Delivery, Device, Push, Recipient, StatusEvent, utcnow
+from relance.db import App, Delivery, Device, Push, Recipient, StatusEvent, reading, utcnow
 from relance.journey import Funnel, Progress, StageFunnel
 from relance.models import DeviceIn, EventStatus, PushRequest, StatusEventIn, TriggerCondition
 from relance.schedule import stage_offsets
@@ -88,7 +88,7 @@ def create_app(
 
 
 def get_app(engine: Engine, app_key: str) -> App:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         app = session.get(App, app_key)
     if app is None:
         raise NotFound("app_key", f"no app {app_key!r}")
@@ -114,7 +114,7 @@ def set_callbacks(
 
 
 def authenticate(engine: Engine, app_key: str, secret: str) -> App | None:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         app = session.get(App, app_key)
     if app is None or not hmac.compare_digest(app.secret_hash, _hash_secret(secret)):
         return None
@@ -272,7 +272,7 @@ def count_audience(engine: Engine, app_key: str, request: PushRequest) -> int:
 
 
 def find_push_by_request(engine: Engine, app_key: str, request_id: str) -> Push | None:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         return (
             session.exec(  # type: ignore[call-overload,no-any-return]
                 select(Push).where(Push.app_key == app_key, Push.request_id == request_id)
@@ -284,7 +284,7 @@ def find_push_by_request(engine: Engine, app_key: str, request_id: str) -> Push 
 
 def get_push(engine: Engine, app_key: str | None, msg_id: str) -> Push:
     """The push; another app's msg_id is as unknown as one that never existed."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         push = session.get(Push, msg_id)
     if push is None or (app_key is not None and push.app_key != app_key):
         raise NotFound("msg_id", f"no push {msg_id!r} for this app")
@@ -477,7 +477,7 @@ def _bump(session: Session, msg_id: str, bump: dict[str, int]) -> None:
 
 
 def progress(engine: Engine, msg_id: str) -> Progress:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         push = session.get(Push, msg_id)
     if push is None:
         return Progress()
@@ -493,7 +493,7 @@ def progress(engine: Engine, msg_id: str) -> Progress:
 
 
 def list_events(engine: Engine, msg_id: str, after_id: int, limit: int) -> list[StatusEvent]:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         return list(
             session.exec(  # type: ignore[call-overload]
                 select(StatusEvent)
@@ -689,7 +689,7 @@ def record_outcomes(
 
 
 def stage_counts(engine: Engine, msg_id: str, stage: int) -> dict[str, int]:
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         rows = session.execute(
             select(Delivery.status, func.count())
             .where(Delivery.msg_id == msg_id, Delivery.stage == stage)
@@ -707,7 +707,7 @@ def _rate(part: int, whole: int) -> float:
 
 def funnel(engine: Engine, msg_id: str) -> Funnel:
     """Delivered, displayed and clicked per stage, and what the resends added."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         push = session.get(Push, msg_id)
         if push is None:
             raise NotFound("msg_id", f"no push {msg_id!r}")

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from relance.callbacks import callback_row, callback_urls, next_attempt
-from relance.db import App, CallbackBatch, CallbackRow, Push
+from relance.db import App, CallbackBatch, CallbackRow, Push, reading
 
 
 def utc(moment: datetime) -> datetime:
@@ -79,26 +79,22 @@ def form_batches(engine: Engine, app_key: str, now: datetime, batch_size: int) -
 
 def _with_rows(session: Session, query: Any) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
     batches = list(session.execute(query).scalars())
-    return [
-        (
-            batch,
-            list(
-                session.execute(
-                    select(CallbackRow.row)
-                    .where(CallbackRow.batch_id == batch.id)
-                    .order_by(CallbackRow.id)  # type: ignore[arg-type]
-                ).scalars()
-            ),
-        )
-        for batch in batches
-    ]
+    rows: dict[int, list[dict[str, Any]]] = {b.id: [] for b in batches if b.id is not None}
+    if rows:
+        for batch_id, row in session.execute(
+            select(CallbackRow.batch_id, CallbackRow.row)
+            .where(CallbackRow.batch_id.in_(list(rows)))  # type: ignore[union-attr]
+            .order_by(CallbackRow.id)  # type: ignore[arg-type]
+        ):
+            rows[batch_id].append(row)
+    return [(b, rows[b.id or 0]) for b in batches]
 
 
 def due_batches(
     engine: Engine, app_key: str, now: datetime, limit: int
 ) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
     """Pending batches whose next try is due, with their rows."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         return _with_rows(
             session,
             select(CallbackBatch)
@@ -112,31 +108,35 @@ def due_batches(
         )
 
 
-def record_attempt(
-    engine: Engine, batch_id: int, now: datetime, error: str | None, schedule: list[float]
-) -> str:
-    """Record one delivery try; returns the batch's new state."""
+def record_attempts(
+    engine: Engine, outcomes: dict[int, str | None], now: datetime, schedule: list[float]
+) -> dict[int, str]:
+    """Record one delivery try per batch (error None: delivered), in one transaction; returns
+    each batch's new state: delivered, pending (a next try is scheduled) or dead."""
+    states = {}
     with Session(engine) as session:
-        batch = session.get(CallbackBatch, batch_id)
-        assert batch is not None
-        batch.attempts += 1
-        if error is None:
-            batch.state, batch.delivered_at, batch.last_error = "delivered", utc(now), None
-        else:
-            batch.last_error = error[:500]
-            retry_at = next_attempt(now, batch.attempts, schedule)
-            if retry_at is None:
-                batch.state = "dead"
+        for batch_id, error in outcomes.items():
+            batch = session.get(CallbackBatch, batch_id)
+            assert batch is not None
+            batch.attempts += 1
+            if error is None:
+                batch.state, batch.delivered_at, batch.last_error = "delivered", utc(now), None
             else:
-                batch.next_attempt_at = utc(retry_at)
+                batch.last_error = error[:500]
+                retry_at = next_attempt(now, batch.attempts, schedule)
+                if retry_at is None:
+                    batch.state = "dead"
+                else:
+                    batch.next_attempt_at = utc(retry_at)
+            states[batch_id] = batch.state
         session.commit()
-        return batch.state
+    return states
 
 
 def next_due(engine: Engine, app_key: str) -> datetime | None:
     """When the app's forwarder has work next: now if rows wait unbatched, else the earliest
     pending batch, else None (nothing to do)."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         unbatched = session.execute(
             select(CallbackRow.id)
             .where(CallbackRow.app_key == app_key, CallbackRow.batch_id.is_(None))  # type: ignore[union-attr]
@@ -154,7 +154,7 @@ def next_due(engine: Engine, app_key: str) -> datetime | None:
 
 def apps_with_work(engine: Engine) -> list[str]:
     """Apps whose forwarder should be running: unbatched rows or pending batches."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         rows = set(
             session.execute(
                 select(CallbackRow.app_key).where(CallbackRow.batch_id.is_(None)).distinct()  # type: ignore[union-attr]
@@ -172,7 +172,7 @@ def dead_batches(
     engine: Engine, app_key: str, after_id: int, limit: int
 ) -> list[tuple[CallbackBatch, list[dict[str, Any]]]]:
     """Dead-lettered batches after `after_id`, with their rows."""
-    with Session(engine) as session:
+    with Session(reading(engine)) as session:
         return _with_rows(
             session,
             select(CallbackBatch)
