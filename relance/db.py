@@ -31,7 +31,7 @@ class Device(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     app_key: str = Field(index=True, max_length=64)
-    registration_id: str = Field(max_length=256)
+    registration_id: str = Field(max_length=2048)
     platform: str = Field(default="android", max_length=16)
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     alias: str | None = Field(default=None, max_length=128, index=True)
@@ -69,7 +69,7 @@ class Recipient(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     msg_id: str = Field(max_length=64)
-    registration_id: str = Field(max_length=256)
+    registration_id: str = Field(max_length=2048)
     platform: str = Field(default="android", max_length=16)
     delivered_at: datetime | None = None
     displayed_at: datetime | None = None
@@ -90,7 +90,7 @@ class Delivery(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     msg_id: str = Field(max_length=64)
     stage: int
-    registration_id: str = Field(max_length=256)
+    registration_id: str = Field(max_length=2048)
     status: str = Field(default="pending", max_length=16)  # pending|sending|sent|failed|skipped
     title: str | None = Field(default=None, max_length=200)
     alert: str | None = Field(default=None, max_length=5000)
@@ -108,7 +108,7 @@ class StatusEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
     msg_id: str = Field(max_length=64)
-    registration_id: str = Field(max_length=256)
+    registration_id: str = Field(max_length=2048)
     stage: int
     status: str = Field(max_length=16)
     at: datetime

@@ -162,7 +162,7 @@ class PushBody(BaseModel):
 class Audience(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    registration_id: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+    registration_id: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(
         None, max_length=1000
     )
     tag: list[str] | None = Field(None, max_length=20)
@@ -266,7 +266,7 @@ class StatusEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     msg_id: str = Field(min_length=1, max_length=64)
-    registration_id: str = Field(min_length=1, max_length=256)
+    registration_id: str = Field(min_length=1, max_length=2048)
     status: EventStatus
     stage: int | None = Field(None, ge=0, le=MAX_STAGES)
     at: datetime | None = None
@@ -299,7 +299,7 @@ class EventBatch(BaseModel):
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    registration_id: str = Field(min_length=1, max_length=256)
+    registration_id: str = Field(min_length=1, max_length=2048)
     platform: Platform = "android"
     tags: list[str] = Field(default_factory=list, max_length=100)
     alias: str | None = Field(None, max_length=128)
