@@ -14,20 +14,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, Field, SecretStr
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from relance.credentials import EngageLabCredentials
 from relance.engagelab_callbacks import CUSTOM_ARGS_MSG_ID, CUSTOM_ARGS_STAGE
 
 # An EngageLab app lives in one data centre; its API host is that data centre's.
-DATA_CENTRES = {
-    "singapore": "https://pushapi-sgp.engagelab.com",
-    "hong-kong": "https://pushapi-hk.engagelab.com",
-    "virginia": "https://pushapi-usva.engagelab.com",
-    "frankfurt": "https://pushapi-defra.engagelab.com",
-    "japan": "https://pushapi-jpn.engagelab.com",
-    "brazil": "https://pushapi-bra.engagelab.com",
-}
 PLATFORMS = {"android", "ios", "hmos", "web"}
 
 # `error.code` of a failed /v4/push, by what relance does about it.
@@ -41,14 +33,6 @@ CONFIG_CODES = {
 }
 RATE_LIMITED = 23008
 TRANSIENT_CODES = {RATE_LIMITED, 21009, 21030, 27000}  # rate limit, internal error, timeout
-
-
-class EngageLabCredentials(BaseModel):
-    app_key: str = Field(min_length=1)
-    master_secret: SecretStr
-    base_url: str = Field(DATA_CENTRES["singapore"], description="The app's data centre.")
-    # iOS pushes go to APNs production unless the app is a development build.
-    apns_production: bool = True
 
 
 @dataclass(frozen=True)

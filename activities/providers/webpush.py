@@ -17,7 +17,6 @@ endpoint with `TTL` (always), `Content-Encoding: aes128gcm`, `Urgency` (optional
 """
 
 import asyncio
-import base64
 import binascii
 import functools
 import hashlib
@@ -34,15 +33,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-)
-from py_vapid import Vapid02, VapidException
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from relance.credentials import VapidCredentials, b64url_decode, b64url_encode
 
 log = logging.getLogger(__name__)
 
@@ -52,56 +45,6 @@ FOUR_WEEKS = 28 * 24 * 3600
 MAX_PLAINTEXT = 4096 - 86 - 1 - 16
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows at most 24 h; renewed an hour before it ends.
 Urgency = Literal["very-low", "low", "normal", "high"]
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def b64url_encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-class VapidCredentials(BaseModel):
-    """An app's VAPID key pair (its public half is the browser's applicationServerKey)."""
-
-    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected key is not echoed back
-
-    # P-256 private key: PEM, or base64url of the 32 raw bytes (`vapid --gen`, web-push tools).
-    private_key: SecretStr
-    # Who the push service may contact about this sender: "mailto:..." or an https URL.
-    subject: str
-
-    @model_validator(mode="after")
-    def _check(self) -> "VapidCredentials":
-        signer = self.signer()  # raises ValueError naming the field, never showing the key
-        try:
-            signer.sign({"sub": self.subject, "aud": "https://push.example"})
-        except VapidException as exc:
-            raise ValueError('subject: expected "mailto:<email>" or "https://<host>"') from exc
-        return self
-
-    def signer(self) -> Vapid02:
-        text = self.private_key.get_secret_value().strip()
-        try:
-            if text.startswith("-----BEGIN"):
-                key = load_pem_private_key(text.encode(), password=None)
-                if not isinstance(key, ec.EllipticCurvePrivateKey):
-                    raise ValueError
-                return Vapid02(key)
-            if len(b64url_decode(text)) != 32:
-                raise ValueError
-            return Vapid02.from_raw(text.encode())
-        except (ValueError, TypeError, binascii.Error):
-            raise ValueError(
-                "private_key: expected a P-256 private key, as PEM or as base64url of its "
-                "32 raw bytes"
-            ) from None
-
-    def application_server_key(self) -> str:
-        """The public key a web app passes to pushManager.subscribe(), base64url."""
-        point = self.signer().public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        return b64url_encode(point)
 
 
 class InvalidSubscription(ValueError):

@@ -1,0 +1,82 @@
+"""Per-app provider credentials: what an app stores to send through FCM, APNs, Web Push or
+EngageLab. Secrets are SecretStr: they never print, and the API never returns them."""
+
+import base64
+import binascii
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+from py_vapid import Vapid02, VapidException
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64url_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class VapidCredentials(BaseModel):
+    """An app's VAPID key pair (its public half is the browser's applicationServerKey)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # a rejected key is not echoed back
+
+    # P-256 private key: PEM, or base64url of the 32 raw bytes (`vapid --gen`, web-push tools).
+    private_key: SecretStr
+    # Who the push service may contact about this sender: "mailto:..." or an https URL.
+    subject: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "VapidCredentials":
+        signer = self.signer()  # raises ValueError naming the field, never showing the key
+        try:
+            signer.sign({"sub": self.subject, "aud": "https://push.example"})
+        except VapidException as exc:
+            raise ValueError('subject: expected "mailto:<email>" or "https://<host>"') from exc
+        return self
+
+    def signer(self) -> Vapid02:
+        text = self.private_key.get_secret_value().strip()
+        try:
+            if text.startswith("-----BEGIN"):
+                key = load_pem_private_key(text.encode(), password=None)
+                if not isinstance(key, ec.EllipticCurvePrivateKey):
+                    raise ValueError
+                return Vapid02(key)
+            if len(b64url_decode(text)) != 32:
+                raise ValueError
+            return Vapid02.from_raw(text.encode())
+        except (ValueError, TypeError, binascii.Error):
+            raise ValueError(
+                "private_key: expected a P-256 private key, as PEM or as base64url of its "
+                "32 raw bytes"
+            ) from None
+
+    def application_server_key(self) -> str:
+        """The public key a web app passes to pushManager.subscribe(), base64url."""
+        point = self.signer().public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return b64url_encode(point)
+
+
+DATA_CENTRES = {
+    "singapore": "https://pushapi-sgp.engagelab.com",
+    "hong-kong": "https://pushapi-hk.engagelab.com",
+    "virginia": "https://pushapi-usva.engagelab.com",
+    "frankfurt": "https://pushapi-defra.engagelab.com",
+    "japan": "https://pushapi-jpn.engagelab.com",
+    "brazil": "https://pushapi-bra.engagelab.com",
+}
+
+
+class EngageLabCredentials(BaseModel):
+    app_key: str = Field(min_length=1)
+    master_secret: SecretStr
+    base_url: str = Field(DATA_CENTRES["singapore"], description="The app's data centre.")
+    # iOS pushes go to APNs production unless the app is a development build.
+    apns_production: bool = True
