@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -16,12 +17,20 @@ from workflows.push_journey import PushJourney
 
 
 def build_worker(
-    client: Client, settings: Settings, providers: dict[str, Provider] | None = None
+    client: Client,
+    settings: Settings,
+    providers: dict[str, Provider] | None = None,
+    provider_options: dict[str, dict[str, Any]] | None = None,
 ) -> Worker:
     engine = make_engine(settings.database_url)
     create_tables(engine)
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
-    journey = JourneyActivities(engine, providers, settings.send_batch_size)
+    journey = JourneyActivities(
+        engine,
+        providers,
+        settings.send_batch_size,
+        provider_options if provider_options is not None else settings.provider_options,
+    )
     callbacks = CallbackActivities(
         engine,
         CallbackConfig(

@@ -1,18 +1,28 @@
 """Activities of a push journey: send a stage (resumable, never twice), finish with the funnel."""
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
+from activities.providers.registry import ProviderRegistry
 from relance import ledger, outbox
 from relance.content import render_stage
-from relance.db import App, reading
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.models import PushRequest, StageNotification
+
+
+async def _sleep_heartbeating(seconds: float) -> None:
+    """Wait for a provider's Retry-After while telling Temporal this attempt is alive."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max(seconds, 0.0)
+    while (left := until - loop.time()) > 0:
+        await asyncio.sleep(min(left, 5.0))
+        activity.heartbeat()
 
 
 def _checkpoint(details: Any) -> int:
@@ -22,23 +32,30 @@ def _checkpoint(details: Any) -> int:
     return 0
 
 
+@dataclass
+class BatchReport:
+    # Seconds until the earliest message handed back for a later try, if any.
+    retry_in: float | None = None
+    # A provider configuration error, in words a human can act on.
+    config_error: str | None = None
+
+
 class JourneyActivities:
-    def __init__(self, engine: Engine, providers: dict[str, Provider], batch_size: int = 100):
+    def __init__(
+        self,
+        engine: Engine,
+        providers: dict[str, Provider],
+        batch_size: int = 100,
+        provider_options: dict[str, dict[str, Any]] | None = None,
+    ):
         self.engine = engine
-        self.providers = providers
+        self.registry = ProviderRegistry(engine, providers, provider_options)
         self.batch_size = batch_size
-
-    def _provider(self, app_key: str) -> Provider:
-        from sqlmodel import Session
-
-        with Session(reading(self.engine)) as session:
-            app = session.get(App, app_key)
-        name = app.provider if app else "simulator"
-        return self.providers[name]
 
     @activity.defn
     async def send_stage(self, inp: SendStageInput) -> SendStageResult:
-        """Send stage `inp.stage` to every queued recipient, batch by batch, from the checkpoint."""
+        """Send stage `inp.stage` to every queued recipient, batch by batch, from the checkpoint;
+        then, pass after pass, those a provider asked to try again later."""
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
         if inp.stage > 0:
@@ -48,19 +65,34 @@ class JourneyActivities:
         changes = (
             [s.notification for s in request.resend.stages[: inp.stage]] if request.resend else []
         )
-        provider = await asyncio.to_thread(self._provider, push.app_key)
+        route = await self.registry.router(push.app_key)
         details = activity.info().heartbeat_details
         cursor = _checkpoint(details[0]) if details else 0
+        config_error = None
         while True:
-            batch, last_id = await asyncio.to_thread(
-                ledger.next_batch, self.engine, inp.msg_id, inp.stage, cursor, self.batch_size
-            )
-            if last_id is None:
+            retry_in: float | None = None
+            while True:
+                batch, last_id = await asyncio.to_thread(
+                    ledger.next_batch, self.engine, inp.msg_id, inp.stage, cursor, self.batch_size
+                )
+                if last_id is None:
+                    break
+                groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
+                for item in batch:
+                    provider = route(item.platform)
+                    groups.setdefault(id(provider), (provider, []))[1].append(item)
+                for provider, items in groups.values():
+                    messages = [self._message(inp, request, changes, item) for item in items]
+                    report = await self._send_batch(provider, inp, items, messages)
+                    config_error = config_error or report.config_error
+                    if report.retry_in is not None:
+                        retry_in = min(retry_in or report.retry_in, report.retry_in)
+                cursor = last_id
+                activity.heartbeat({"cursor": cursor})
+            if retry_in is None:
                 break
-            if batch:
-                messages = [self._message(inp, request, changes, item) for item in batch]
-                await self._send_batch(provider, inp, batch, messages)
-            cursor = last_id
+            await _sleep_heartbeating(retry_in)
+            cursor = 0  # the next pass finds exactly the deliveries still pending
             activity.heartbeat({"cursor": cursor})
         await self._wake_callbacks(push.app_key)
         counts = await asyncio.to_thread(ledger.stage_counts, self.engine, inp.msg_id, inp.stage)
@@ -72,6 +104,7 @@ class JourneyActivities:
             failed=counts.get("failed", 0),
             skipped=counts.get("skipped", 0),
             progress=progress,
+            config_error=config_error,
         )
 
     async def _wake_callbacks(self, app_key: str) -> None:
@@ -109,7 +142,7 @@ class JourneyActivities:
         inp: SendStageInput,
         batch: list[ledger.Outbound],
         messages: list[OutboundMessage],
-    ) -> None:
+    ) -> BatchReport:
         """Mark the batch as possibly sent, hand it to the provider, record each outcome."""
         pairs = list(zip(batch, messages, strict=True))
         await asyncio.to_thread(
@@ -118,7 +151,7 @@ class JourneyActivities:
         taken = await self._already_received(provider, batch, messages)
         to_send = [m for m in messages if m.idempotency_key not in taken]
         outcomes = {o.registration_id: o for o in await provider.send(to_send)} if to_send else {}
-        rows = []
+        rows, report = [], BatchReport()
         for item, message in pairs:
             outcome = outcomes.get(item.registration_id)
             if message.idempotency_key in taken:
@@ -129,6 +162,10 @@ class JourneyActivities:
                     ok=False,
                     error="provider returned no outcome",
                 )
+            if outcome.retry_after is not None and not outcome.ok:
+                report.retry_in = min(report.retry_in or outcome.retry_after, outcome.retry_after)
+            if outcome.config_error and report.config_error is None:
+                report.config_error = f"{provider.name}: {outcome.error}"
             rows.append(
                 ledger.SendOutcomeRow(
                     delivery_id=item.delivery_id,
@@ -136,9 +173,11 @@ class JourneyActivities:
                     ok=outcome.ok,
                     error=outcome.error,
                     token_invalid=outcome.token_invalid,
+                    retry_after=None if outcome.ok else outcome.retry_after,
                 )
             )
         await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)
+        return report
 
     @staticmethod
     async def _already_received(
@@ -153,5 +192,5 @@ class JourneyActivities:
     @activity.defn
     async def finish_journey(self, inp: FinishInput) -> Funnel:
         """Record the journey's end state and return its funnel."""
-        await asyncio.to_thread(ledger.set_state, self.engine, inp.msg_id, inp.state)
+        await asyncio.to_thread(ledger.set_state, self.engine, inp.msg_id, inp.state, inp.error)
         return await asyncio.to_thread(ledger.funnel, self.engine, inp.msg_id)

@@ -49,7 +49,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 _NESTED = re.compile(r"^(?P<path>[A-Za-z_][\w.\[\]]*): (?P<message>.+)$", re.S)
 
 
-def _located(field: str, err: dict[str, Any]) -> tuple[str, str]:
+def located(field: str, err: dict[str, Any]) -> tuple[str, str]:
     """(field, message); a model-level check that names a sub-field ("stages[1].after: …")
     is reported at that sub-field."""
     message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -75,10 +75,10 @@ def install(app: FastAPI) -> None:
                 ),
                 status_code=400,
             )
-        located = [(_located(_field(tuple(e.get("loc", ()))), e), e.get("type")) for e in errors]
-        fields = [f for (f, _), _ in located]
+        found = [(located(_field(tuple(e.get("loc", ()))), e), e.get("type")) for e in errors]
+        fields = [f for (f, _), _ in found]
         details, seen = [], set()
-        for (field, message), kind in located:
+        for (field, message), kind in found:
             others = sum(f == field or f.startswith((f"{field}.", f"{field}[")) for f in fields)
             if kind == "literal_error" and others > 1:
                 continue  # `to` may be "all" or an object: report what is wrong in the object

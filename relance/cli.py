@@ -306,7 +306,7 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
             if status["state"] != last:
                 typer.echo(f"  {time.strftime('%H:%M:%S')} {status['state']}")
                 last = status["state"]
-            if status["state"] in ("completed", "cancelled"):
+            if status["state"] in ("completed", "cancelled", "failed"):
                 break
             time.sleep(1)
         time.sleep(2)  # the last device reports

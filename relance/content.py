@@ -52,13 +52,14 @@ def render_template(source: str, attributes: dict[str, Any]) -> str | None:
 
 def base_content(notification: Notification, platform: str) -> RenderedContent:
     """The device's platform section, else the top-level alert, else another platform's."""
-    specific = getattr(notification, platform, None) if platform in ("android", "ios") else None
+    sections = ("android", "ios", "web")
+    specific = getattr(notification, platform, None) if platform in sections else None
     if specific is not None and specific.alert:
         chosen = specific
     elif notification.alert:
         chosen = specific  # its title and extras, with the default alert
     else:
-        chosen = notification.android or notification.ios
+        chosen = notification.android or notification.ios or notification.web
     alert = (chosen.alert if chosen is not None and chosen.alert else None) or notification.alert
     return RenderedContent(
         title=chosen.title if chosen is not None else None,

@@ -26,6 +26,22 @@ class App(SQLModel, table=True):
     callback_secret: str | None = Field(default=None, max_length=128)
 
 
+class ProviderConfig(SQLModel, table=True):
+    """How an app reaches its devices on some platforms: a provider and its credentials."""
+
+    __table_args__ = (UniqueConstraint("app_key", "provider"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_key: str = Field(max_length=64, index=True)
+    provider: str = Field(max_length=32)
+    platforms: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Secrets included: never returned by the API, never passed to a workflow.
+    credentials: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class Device(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("app_key", "registration_id"),)
 
@@ -51,6 +67,8 @@ class Push(SQLModel, table=True):
     condition: str | None = Field(default=None, max_length=32)
     stage_count: int = 0
     state: str = Field(default="accepted", max_length=32)
+    # Why the journey failed, in words a human can act on (e.g. the provider's credentials).
+    error: str | None = Field(default=None, max_length=500)
     recipients: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     # Recipient-level first transitions, bumped in the same transaction as the events.

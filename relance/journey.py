@@ -77,11 +77,14 @@ class SendStageResult(BaseModel):
     failed: int
     skipped: int
     progress: Progress
+    # A provider's configuration is wrong (credentials, topic...): what a human must fix.
+    config_error: str | None = None
 
 
 class FinishInput(BaseModel):
     msg_id: str
     state: str
+    error: str | None = None
 
 
 class StageFunnel(BaseModel):

@@ -21,10 +21,19 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from relance import outbox
-from relance.db import App, Delivery, Device, Push, Recipient, StatusEvent, reading, utcnow
+from relance.db import (
+    App,
+    Delivery,
+    Device,
+    ProviderConfig,
+    Push,
+    Recipient,
+    StatusEvent,
+    reading,
+    utcnow,
+)
 from relance.journey import Funnel, Progress, StageFunnel
 from relance.models import DeviceIn, EventStatus, PushRequest, StatusEventIn, TriggerCondition
-from relance.schedule import stage_offsets
 
 STOP_STATUS = {
     TriggerCondition.not_clicked: EventStatus.clicked,
@@ -111,6 +120,59 @@ def set_callbacks(
         session.commit()
         session.refresh(app)
         return app
+
+
+def set_provider(
+    engine: Engine, app_key: str, provider: str, platforms: list[str], credentials: dict[str, Any]
+) -> ProviderConfig:
+    """Store (or replace) how the app reaches `platforms`; a platform moves from any other
+    provider of the app to this one."""
+    with Session(engine) as session:
+        configs = {
+            c.provider: c
+            for c in session.exec(  # type: ignore[call-overload]
+                select(ProviderConfig).where(ProviderConfig.app_key == app_key)
+            ).scalars()
+        }
+        for other in configs.values():
+            if other.provider != provider:
+                other.platforms = [p for p in other.platforms if p not in platforms]
+                other.updated_at = utcnow()
+        config = configs.get(provider) or ProviderConfig(app_key=app_key, provider=provider)
+        config.platforms, config.credentials, config.updated_at = platforms, credentials, utcnow()
+        session.add(config)
+        session.commit()
+        session.refresh(config)
+        return config
+
+
+def provider_configs(engine: Engine, app_key: str) -> list[ProviderConfig]:
+    with Session(reading(engine)) as session:
+        return list(
+            session.exec(  # type: ignore[call-overload]
+                select(ProviderConfig)
+                .where(ProviderConfig.app_key == app_key)
+                .order_by(ProviderConfig.provider)
+            ).scalars()
+        )
+
+
+def delete_provider(engine: Engine, app_key: str, provider: str) -> bool:
+    with Session(engine) as session:
+        config = (
+            session.exec(  # type: ignore[call-overload]
+                select(ProviderConfig).where(
+                    ProviderConfig.app_key == app_key, ProviderConfig.provider == provider
+                )
+            )
+            .scalars()
+            .first()
+        )
+        if config is None:
+            return False
+        session.delete(config)
+        session.commit()
+        return True
 
 
 def authenticate(engine: Engine, app_key: str, secret: str) -> App | None:
@@ -300,15 +362,12 @@ def forget_push(engine: Engine, msg_id: str) -> None:
         session.commit()
 
 
-def set_state(engine: Engine, msg_id: str, state: str) -> None:
+def set_state(engine: Engine, msg_id: str, state: str, error: str | None = None) -> None:
     with Session(engine) as session:
-        session.execute(update(Push).where(Push.msg_id == msg_id).values(state=state))  # type: ignore[arg-type]
+        session.execute(
+            update(Push).where(Push.msg_id == msg_id).values(state=state, error=error)  # type: ignore[arg-type]
+        )
         session.commit()
-
-
-def policy_offsets(push: Push) -> list[float]:
-    request = PushRequest.model_validate(push.request)
-    return [o.total_seconds() for o in stage_offsets(request.resend)]
 
 
 # ---- status events ---------------------------------------------------------------------
@@ -625,16 +684,25 @@ class SendOutcomeRow:
     ok: bool
     error: str | None = None
     token_invalid: bool = False
+    # Not sent yet: back to pending, to be sent again after this many seconds.
+    retry_after: float | None = None
 
 
 def record_outcomes(
     engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]
 ) -> None:
-    """Record the provider's answers: sent, or failed (a dead token invalidates the device)."""
+    """Record the provider's answers: sent; not yet (back to pending, for a later try); or
+    failed (a dead token also invalidates the device)."""
     now = utcnow()
+    later = [o.delivery_id for o in outcomes if not o.ok and o.retry_after is not None]
+    outcomes = [o for o in outcomes if o.ok or o.retry_after is None]
     with Session(engine) as session:
         push = session.get(Push, msg_id)
         assert push is not None
+        if later:
+            session.execute(
+                update(Delivery).where(Delivery.id.in_(later)).values(status="pending")  # type: ignore[union-attr]
+            )
         ok_ids = [o.delivery_id for o in outcomes if o.ok]
         if ok_ids:
             session.execute(

@@ -130,12 +130,12 @@ class Notification(BaseModel):
     )
     android: PlatformNotification | None = None
     ios: PlatformNotification | None = None
+    web: PlatformNotification | None = None
 
     @model_validator(mode="after")
     def _has_alert(self) -> "Notification":
-        if not (
-            self.alert or (self.android and self.android.alert) or (self.ios and self.ios.alert)
-        ):
+        sections = (self.android, self.ios, self.web)
+        if not (self.alert or any(s is not None and s.alert for s in sections)):
             raise ValueError(
                 "expected an alert: set notification.alert or notification.<platform>.alert"
             )

@@ -1,6 +1,7 @@
 """Settings, read from RELANCE_* environment variables (and TEMPORAL_ADDRESS)."""
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = 5.0
     callback_batch_size: int = Field(100, ge=1, le=1000)
     callback_allowed_networks: list[str] = []
+    # Worker-side options per provider client, e.g. {"webpush": {"max_in_flight": 100}}.
+    provider_options: dict[str, dict[str, Any]] = {}
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -54,7 +54,11 @@ class Stack:
 
 @asynccontextmanager
 async def inprocess_stack(
-    client: Client, tmp_path: Path, task_queue: str, behaviour: Behaviour
+    client: Client,
+    tmp_path: Path,
+    task_queue: str,
+    behaviour: Behaviour,
+    provider_options: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[Stack]:
     api_port, sim_port = free_port(), free_port()
     settings = Settings(
@@ -72,7 +76,7 @@ async def inprocess_stack(
     async with (
         serve(create_app(settings, client=client), api_port),
         serve(sim_app, sim_port),
-        worker_module.build_worker(client, settings),
+        worker_module.build_worker(client, settings, provider_options=provider_options),
         httpx.AsyncClient(base_url=settings.api_url, auth=(key, secret)) as api,
         httpx.AsyncClient(base_url=settings.simulator_url) as sim,
     ):

@@ -55,6 +55,7 @@ class PushJourney:
         self._stages: list[StageSummary] = []
         self._state = "sending"
         self._cancelled = False
+        self._error: str | None = None  # a provider configuration error ends the journey
         self._signals = 0
         self._msg_id = ""
         self._next_stage: int | None = 0
@@ -120,10 +121,10 @@ class PushJourney:
             await self._send(stage, self._next_stage_at)
             self._next_stage = stage + 1
         self._next_stage, self._next_stage_at = None, None
-        final = "cancelled" if self._cancelled else "completed"
+        final = "failed" if self._error else "cancelled" if self._cancelled else "completed"
         funnel = await workflow.execute_activity(
             "finish_journey",
-            FinishInput(msg_id=plan.msg_id, state=final),
+            FinishInput(msg_id=plan.msg_id, state=final, error=self._error),
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=SEND_RETRY,
             result_type=Funnel,
@@ -143,6 +144,8 @@ class PushJourney:
         )
         self.record_progress(result.progress)
         self._signals -= 1  # not a signal: the send's own reading of the ledger
+        if result.config_error and result.sent == 0:
+            self._error = result.config_error
         self._stages.append(
             StageSummary(
                 stage=stage,
@@ -158,7 +161,7 @@ class PushJourney:
     async def _wait_until(self, until: datetime, plan: JourneyPlan, sent_at: datetime) -> bool:
         """Sleep until `until`; True if the journey should stop (cancelled, or everyone stopped)."""
         while True:
-            if self._cancelled or self._all_stopped():
+            if self._cancelled or self._error or self._all_stopped():
                 return True
             remaining = (until - workflow.now()).total_seconds()
             if remaining <= 0:

@@ -21,7 +21,7 @@ from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
 
-TERMINAL = {"completed", "cancelled"}
+TERMINAL = {"completed", "cancelled", "failed"}
 
 
 class PushValidated(BaseModel):
@@ -88,6 +88,7 @@ class PushStatusOut(BaseModel):
     msg_id: str
     request_id: str | None
     state: str
+    error: str | None = Field(None, description="Why the journey failed, when it did.")
     next_stage: int | None = None
     next_stage_at: datetime | None = None
     funnel: Funnel
@@ -195,6 +196,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         msg_id=msg_id,
         request_id=push.request_id,
         state=state,
+        error=push.error,
         next_stage=next_stage,
         next_stage_at=next_at,
         funnel=funnel,

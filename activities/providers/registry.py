@@ -1,0 +1,77 @@
+"""Each app's provider clients, built from its stored credentials and kept between sends
+(a client holds its connections); rebuilt when the app's configuration changes."""
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from activities.providers.base import Provider
+from activities.providers.engagelab import EngageLabProvider
+from activities.providers.webpush import WebPushProvider
+from relance import ledger
+from relance.credentials import EngageLabCredentials, VapidCredentials
+from relance.db import App, reading
+from relance.providers import route
+
+Router = Callable[[str], Provider]
+
+
+def build(name: str, credentials: dict[str, Any], options: dict[str, Any]) -> Provider:
+    """A provider client from stored credentials; `options` (e.g. a base URL) come from the
+    worker's configuration, never from the API."""
+    if name == "webpush":
+        return WebPushProvider(VapidCredentials.model_validate(credentials), **options)
+    if name == "engagelab":
+        return EngageLabProvider(EngageLabCredentials.model_validate(credentials), **options)
+    raise KeyError(f"no provider {name!r}")
+
+
+class ProviderRegistry:
+    def __init__(
+        self,
+        engine: Engine,
+        defaults: dict[str, Provider],
+        options: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.defaults = defaults
+        self.options = options or {}
+        self._clients: dict[tuple[str, str], tuple[datetime, Provider]] = {}
+
+    async def router(self, app_key: str) -> Router:
+        """platform -> the provider client that reaches it for this app."""
+        configs, default = await asyncio.to_thread(self._configs, app_key)
+        clients: dict[str, Provider] = {}
+        for config in configs:
+            key = (app_key, config.provider)
+            cached = self._clients.get(key)
+            if cached is None or cached[0] != config.updated_at:
+                if cached is not None:
+                    await cached[1].aclose()
+                client = build(
+                    config.provider, config.credentials, self.options.get(config.provider, {})
+                )
+                self._clients[key] = (config.updated_at, client)
+            clients[config.provider] = self._clients[key][1]
+        configured = {c.provider: list(c.platforms) for c in configs}
+
+        def pick(platform: str) -> Provider:
+            name = route(platform, configured, default)
+            return clients.get(name) or self.defaults[name]
+
+        return pick
+
+    def _configs(self, app_key: str) -> tuple[list[Any], str]:
+        with Session(reading(self.engine)) as session:
+            app = session.get(App, app_key)
+        return ledger.provider_configs(self.engine, app_key), app.provider if app else "simulator"
+
+    async def aclose(self) -> None:
+        for _, client in self._clients.values():
+            await client.aclose()
+        for client in self.defaults.values():
+            await client.aclose()
