@@ -3,6 +3,7 @@ EngageLab. Secrets are SecretStr: they never print, and the API never returns th
 
 import base64
 import binascii
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from py_vapid import Vapid02, VapidException
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 def b64url_decode(text: str) -> bytes:
@@ -80,3 +81,24 @@ class EngageLabCredentials(BaseModel):
     base_url: str = Field(DATA_CENTRES["singapore"], description="The app's data centre.")
     # iOS pushes go to APNs production unless the app is a development build.
     apns_production: bool = True
+
+
+class ApnsCredentials(BaseModel):
+    """An app's token-based APNs credentials: the signing key from Apple's developer account."""
+
+    team_id: str = Field(pattern=r"^[A-Z0-9]{10}$")
+    key_id: str = Field(pattern=r"^[A-Z0-9]{10}$")
+    private_key: SecretStr  # the .p8 file: an ES256 (P-256) key in PEM form
+    topic: str = Field(pattern=r"^[A-Za-z0-9.-]+$")  # the app's bundle id
+    environment: Literal["production", "sandbox"] = "production"
+
+    @field_validator("private_key")
+    @classmethod
+    def _es256_key(cls, value: SecretStr) -> SecretStr:
+        try:
+            key = load_pem_private_key(value.get_secret_value().encode(), password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError("expected the .p8 file's content: an ES256 (P-256) key in PEM form")
+        return value

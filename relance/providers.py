@@ -5,10 +5,11 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from relance.credentials import EngageLabCredentials, VapidCredentials
+from relance.credentials import ApnsCredentials, EngageLabCredentials, VapidCredentials
 
 # Provider -> the model its stored credentials must satisfy, and the platforms it can reach.
 CREDENTIALS: dict[str, type[BaseModel]] = {
+    "apns": ApnsCredentials,
     "webpush": VapidCredentials,
     "engagelab": EngageLabCredentials,
 }
