@@ -12,7 +12,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Context
-from api.routes import callbacks, devices, events, providers, push
+from api.routes import callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
 from relance.db import create_tables, make_engine
 from relance.settings import Settings, get_settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(devices.router)
     app.include_router(callbacks.router)
     app.include_router(providers.router)
+    app.include_router(relay.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

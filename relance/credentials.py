@@ -81,6 +81,10 @@ class EngageLabCredentials(BaseModel):
     base_url: str = Field(DATA_CENTRES["singapore"], description="The app's data centre.")
     # iOS pushes go to APNs production unless the app is a development build.
     apns_production: bool = True
+    # EngageLab's callback signing (X-CALLBACK-ID), as set in its console: when given, every
+    # callback to POST /v4/callbacks/engagelab must carry a valid signature.
+    callback_username: str | None = Field(None, max_length=128)
+    callback_secret: SecretStr | None = None
 
 
 class ApnsCredentials(BaseModel):

@@ -1,7 +1,6 @@
 """EngageLab's status callbacks, read as relance status events: the body, the echostr handshake
 and the optional X-CALLBACK-ID signature. Pure functions; the API route does the I/O."""
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -10,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from relance.callbacks import engagelab_signature
 from relance.models import EventStatus, StatusEventIn
 
 # The keys relance puts in a push's `custom_args`; EngageLab echoes them in every callback row,
@@ -136,8 +136,7 @@ def verify_callback_signature(
     if abs(now - _seconds(sent_at)) > window:
         raise CallbackSignatureError(f"X-CALLBACK-ID timestamp is outside the {window:g}s window")
     key = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    signed = f"{parts['timestamp']}{parts['nonce']}{parts['username']}".encode()
-    expected = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
+    expected = engagelab_signature(key, parts["timestamp"], parts["nonce"], parts["username"])
     if not hmac.compare_digest(expected, parts["signature"].lower()):
         raise CallbackSignatureError("X-CALLBACK-ID signature does not match")
 

@@ -175,6 +175,18 @@ def delete_provider(engine: Engine, app_key: str, provider: str) -> bool:
         return True
 
 
+def invalidate_device(engine: Engine, app_key: str, registration_id: str, reason: str) -> None:
+    """A provider says this token is dead: keep it out of every later stage and push until
+    the device registers again."""
+    with Session(engine) as session:
+        session.execute(
+            update(Device)
+            .where(Device.app_key == app_key, Device.registration_id == registration_id)  # type: ignore[arg-type]
+            .values(valid=False, invalid_reason=reason[:500], updated_at=utcnow())
+        )
+        session.commit()
+
+
 def authenticate(engine: Engine, app_key: str, secret: str) -> App | None:
     with Session(reading(engine)) as session:
         app = session.get(App, app_key)
