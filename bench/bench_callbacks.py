@@ -40,8 +40,10 @@ async def main(rate: int, seconds: int, batch: int) -> None:
     total = rate * seconds
     devices = [f"silent-bench-{i:06d}" for i in range(-(-total // len(STATUSES)))]
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(), search_attributes=[MSG_ID, APP, STATE],
-        data_converter=pydantic_data_converter, dev_server_log_level="error",
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=[MSG_ID, APP, STATE],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
     )
     receiver, port = Receiver(), free_port()
     arrived: dict[str, float] = {}
@@ -49,17 +51,31 @@ async def main(rate: int, seconds: int, batch: int) -> None:
     try:
         async with serve(receiver.app(), port):  # type: ignore[arg-type]
             url = f"http://127.0.0.1:{port}/cb"
-            with tempfile.TemporaryDirectory() as tmp, relance_stack(
-                env.client, Path(tmp), [], batch_size=500
-            ) as stack:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                relance_stack(env.client, Path(tmp), [], batch_size=500) as stack,
+            ):
                 async with stack.api() as api:
                     for i in range(0, len(devices), 5000):
-                        await api.post("/v4/devices", json={"devices": [
-                            {"registration_id": rid, "tags": ["bench"]}
-                            for rid in devices[i : i + 5000]]})
-                    msg_id = (await api.post("/v4/push", json={
-                        "to": {"tag": ["bench"]}, "body": {"notification": {"alert": "b"}},
-                        "callback_url": [url]})).json()["msg_id"]
+                        await api.post(
+                            "/v4/devices",
+                            json={
+                                "devices": [
+                                    {"registration_id": rid, "tags": ["bench"]}
+                                    for rid in devices[i : i + 5000]
+                                ]
+                            },
+                        )
+                    msg_id = (
+                        await api.post(
+                            "/v4/push",
+                            json={
+                                "to": {"tag": ["bench"]},
+                                "body": {"notification": {"alert": "b"}},
+                                "callback_url": [url],
+                            },
+                        )
+                    ).json()["msg_id"]
                     print(f"push {msg_id} to {len(devices)} devices; waiting for the send")
 
                     async def sent() -> bool:
@@ -70,7 +86,8 @@ async def main(rate: int, seconds: int, batch: int) -> None:
                     baseline = await _baseline(url)
                     events = [
                         {"msg_id": msg_id, "registration_id": rid, "status": s, "stage": 0}
-                        for s in STATUSES for rid in devices
+                        for s in STATUSES
+                        for rid in devices
                     ][:total]
                     print(f"posting {total} events at {rate}/s in batches of {batch}")
                     began = time.monotonic()
@@ -82,7 +99,9 @@ async def main(rate: int, seconds: int, batch: int) -> None:
                             response.raise_for_status()
                             now = time.monotonic()
                             for e in chunk:
-                                key = event_key(msg_id, str(e["registration_id"]), 0, str(e["status"]))
+                                key = event_key(
+                                    msg_id, str(e["registration_id"]), 0, str(e["status"])
+                                )
                                 acked[key] = now
 
                     tasks = []
@@ -91,15 +110,21 @@ async def main(rate: int, seconds: int, batch: int) -> None:
                         tasks.append(asyncio.create_task(post(events[i : i + batch])))
                     await asyncio.gather(*tasks)
                     posting = time.monotonic() - began
-                    await eventually(lambda: set(acked) <= _arrivals(receiver, arrived), timeout=300)
+                    await eventually(
+                        lambda: set(acked) <= _arrivals(receiver, arrived), timeout=300
+                    )
     finally:
         await env.shutdown()
     latencies = [arrived[k] - acked[k] for k in acked]
     print(f"achieved rate: {total / posting:.0f} events/s over {posting:.1f} s")
-    print(f"ack -> arrival: p50 {pct(latencies, 0.5) * 1000:.0f} ms, "
-          f"p99 {pct(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
-    print(f"baseline loopback POST: p50 {pct(baseline, 0.5) * 1000:.1f} ms, "
-          f"p99 {pct(baseline, 0.99) * 1000:.1f} ms")
+    print(
+        f"ack -> arrival: p50 {pct(latencies, 0.5) * 1000:.0f} ms, "
+        f"p99 {pct(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+    print(
+        f"baseline loopback POST: p50 {pct(baseline, 0.5) * 1000:.1f} ms, "
+        f"p99 {pct(baseline, 0.99) * 1000:.1f} ms"
+    )
 
 
 def _arrivals(receiver: Receiver, arrived: dict[str, float]) -> set[str]:
