@@ -106,3 +106,18 @@ class ApnsCredentials(BaseModel):
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
             raise ValueError("expected the .p8 file's content: an ES256 (P-256) key in PEM form")
         return value
+
+
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+
+class FcmCredentials(BaseModel):
+    """The fields of a Firebase service-account key file that FCM needs; the rest are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    project_id: str
+    client_email: str
+    private_key: SecretStr
+    private_key_id: str | None = None
+    token_uri: str = GOOGLE_TOKEN_URI

@@ -5,11 +5,17 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from relance.credentials import ApnsCredentials, EngageLabCredentials, VapidCredentials
+from relance.credentials import (
+    ApnsCredentials,
+    EngageLabCredentials,
+    FcmCredentials,
+    VapidCredentials,
+)
 
 # Provider -> the model its stored credentials must satisfy, and the platforms it can reach.
 CREDENTIALS: dict[str, type[BaseModel]] = {
     "apns": ApnsCredentials,
+    "fcm": FcmCredentials,
     "webpush": VapidCredentials,
     "engagelab": EngageLabCredentials,
 }

@@ -12,9 +12,15 @@ from sqlmodel import Session
 from activities.providers.apns import ApnsProvider
 from activities.providers.base import Provider
 from activities.providers.engagelab import EngageLabProvider
+from activities.providers.fcm import FcmProvider
 from activities.providers.webpush import WebPushProvider
 from relance import ledger
-from relance.credentials import ApnsCredentials, EngageLabCredentials, VapidCredentials
+from relance.credentials import (
+    ApnsCredentials,
+    EngageLabCredentials,
+    FcmCredentials,
+    VapidCredentials,
+)
 from relance.db import App, reading
 from relance.providers import route
 
@@ -24,6 +30,8 @@ Router = Callable[[str], Provider]
 def build(name: str, credentials: dict[str, Any], options: dict[str, Any]) -> Provider:
     """A provider client from stored credentials; `options` (e.g. a base URL) come from the
     worker's configuration, never from the API."""
+    if name == "fcm":
+        return FcmProvider(FcmCredentials.model_validate(credentials), **options)
     if name == "apns":
         return ApnsProvider(ApnsCredentials.model_validate(credentials), **options)
     if name == "webpush":

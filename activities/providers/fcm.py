@@ -1,0 +1,355 @@
+"""FCM HTTP v1 provider: one POST per device to projects/{id}/messages:send, authorised by an
+OAuth2 access token that the app's service-account key buys through the JWT-bearer grant."""
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+from activities.providers.base import OutboundMessage, SendOutcome
+from relance.credentials import FcmCredentials
+
+FCM_URL = "https://fcm.googleapis.com"
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+ASSERTION_LIFETIME = 3600  # Google refuses assertions that live longer than an hour
+TOKEN_MARGIN = 300.0  # drop a cached access token this long before it expires
+TRANSIENT_STATUSES = {500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """How long one message keeps trying inside one `send` before it comes back with
+    `retry_after` for the sender to try later."""
+
+    attempts: int = 6
+    total_wait: float = 30.0
+    base_delay: float = 0.5
+    max_delay: float = 16.0
+    # FCM asks senders to wait at least a minute after QUOTA_EXCEEDED.
+    quota_delay: float = 60.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one answer from FCM (or from Google's token endpoint) means for the message."""
+
+    kind: str  # sent, dead_token, config, rejected, transient, quota, reauth
+    error: str | None = None
+    retry_after: float | None = None  # the server's Retry-After, when it sent one
+
+
+class _NoToken(Exception):
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.error)
+        self.verdict = verdict
+
+
+def fcm_message(message: OutboundMessage, collapse_key: str | None = None) -> dict[str, Any]:
+    """The v1 `message` object for one device."""
+    notification = {"body": message.alert}
+    if message.title is not None:
+        notification["title"] = message.title
+    # FCM data is a string-to-string map: non-strings travel as JSON.
+    data = {
+        k: v if isinstance(v, str) else json.dumps(v, default=str)
+        for k, v in message.extras.items()
+    }
+    data |= {"relance_msg_id": message.msg_id, "relance_stage": str(message.stage)}
+    # The same tag on a repeated send replaces the notification instead of showing it twice.
+    android: dict[str, Any] = {"notification": {"tag": message.idempotency_key}}
+    if message.time_to_live is not None:
+        android["ttl"] = f"{message.time_to_live}s"
+    if collapse_key is not None:
+        android["collapse_key"] = collapse_key
+    body = {
+        "token": message.registration_id,
+        "notification": notification,
+        "data": data,
+        "android": android,
+    }
+    if message.platform == "web" and message.time_to_live is not None:
+        body["webpush"] = {"headers": {"TTL": str(message.time_to_live)}}
+    return body
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (it may also be an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(status: int, body: bytes, retry_after: str | None = None) -> Verdict:
+    """Map an FCM v1 answer to a verdict, on error.details[].errorCode first, then the status."""
+    if status == 200:
+        return Verdict("sent")
+    error = _error_object(body)
+    details = [d for d in error.get("details", []) if isinstance(d, dict)]
+    fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == FCM_ERROR), None)
+    code = fcm_code or error.get("status") or str(status)
+    text = f"FCM {code} ({status}): {error.get('message') or 'no error body'}"
+    wait = parse_retry_after(retry_after)
+    if code in {"UNREGISTERED", "SENDER_ID_MISMATCH"} or (
+        code == "INVALID_ARGUMENT" and _token_at_fault(error, details)
+    ):
+        return Verdict("dead_token", text)
+    if code in {"QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED"} or status == 429:
+        return Verdict("quota", text, wait)
+    if code in {"UNAVAILABLE", "INTERNAL"} or status in TRANSIENT_STATUSES:
+        return Verdict("transient", text, wait)
+    if code == "THIRD_PARTY_AUTH_ERROR":
+        return Verdict(
+            "config",
+            f"{text}; FCM could not authenticate to APNs or Web Push for this app: check the APNs "
+            "key or certificate (or the web push credentials) in the Firebase console",
+        )
+    if status == 401:
+        return Verdict("reauth", text)
+    if status in {403, 404}:
+        return Verdict(
+            "config",
+            f"{text}; check the project id and that the service account may send with FCM "
+            "(role Firebase Cloud Messaging API Admin, API enabled)",
+        )
+    return Verdict("rejected", text)
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _token_at_fault(error: dict[str, Any], details: list[dict[str, Any]]) -> bool:
+    """INVALID_ARGUMENT also means a bad message; the token is dead only when it is named."""
+    for detail in details:
+        if detail.get("@type") == BAD_REQUEST:
+            fields = {v.get("field") for v in detail.get("fieldViolations", [])}
+            if "message.token" in fields:
+                return True
+    return "registration token" in str(error.get("message", "")).lower()
+
+
+class _AccessTokens:
+    """One cached OAuth2 access token per service account, refreshed shortly before expiry."""
+
+    def __init__(
+        self,
+        credentials: FcmCredentials,
+        session: Callable[[], aiohttp.ClientSession],
+        clock: Callable[[], float],
+    ) -> None:
+        self._credentials = credentials
+        self._session = session
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._key: Any = None
+
+    async def get(self, stale: str | None = None) -> str:
+        """The current token; `stale` is one FCM refused, replaced unless already replaced."""
+        token = self._token
+        if token is not None and token != stale and self._clock() < self._expires_at:
+            return token
+        async with self._lock:
+            if stale is not None and stale == self._token:
+                self._token = None
+            if self._token is None or self._clock() >= self._expires_at:
+                self._token, self._expires_at = await self._fetch()
+            return self._token
+
+    async def _fetch(self) -> tuple[str, float]:
+        creds = self._credentials
+        form = {"grant_type": JWT_BEARER, "assertion": self._assertion()}
+        try:
+            async with self._session().post(creds.token_uri, data=form) as response:
+                status, body = response.status, await response.read()
+                retry_after = response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = f"token endpoint unreachable: {type(exc).__name__}"
+            raise _NoToken(Verdict("transient", error)) from None
+        if status == 429 or status >= 500:
+            error = f"token endpoint answered {status}"
+            raise _NoToken(Verdict("transient", error, parse_retry_after(retry_after)))
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = {}
+        if status != 200 or not answer.get("access_token"):
+            reason = f"{answer.get('error', status)}: {answer.get('error_description', '')}"
+            raise _NoToken(
+                Verdict(
+                    "config",
+                    f"Google refused the service account {creds.client_email} ({reason}); "
+                    "upload a current key of that service account",
+                )
+            )
+        lifetime = float(answer.get("expires_in", 3600))
+        return answer["access_token"], self._clock() + lifetime - min(TOKEN_MARGIN, lifetime / 2)
+
+    def _assertion(self) -> str:
+        creds = self._credentials
+        if self._key is None:
+            try:
+                pem = creds.private_key.get_secret_value().encode()
+                self._key = serialization.load_pem_private_key(pem, password=None)
+            except (ValueError, TypeError):
+                raise _NoToken(
+                    Verdict(
+                        "config",
+                        f"the private_key of service account {creds.client_email} is not a PEM "
+                        "private key: upload the service-account JSON file as Firebase gave it",
+                    )
+                ) from None
+        now = int(self._clock())
+        claims = {
+            "iss": creds.client_email,
+            "scope": SCOPE,
+            "aud": creds.token_uri,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+        }
+        headers = {"kid": creds.private_key_id} if creds.private_key_id else None
+        return jwt.encode(claims, self._key, algorithm="RS256", headers=headers)
+
+
+class FcmProvider:
+    name = "fcm"
+
+    def __init__(
+        self,
+        credentials: FcmCredentials,
+        base_url: str = FCM_URL,
+        *,
+        max_in_flight: int = 50,
+        budget: RetryBudget = RetryBudget(),  # noqa: B008 — frozen, shared safely
+        collapse_resends: bool = False,
+        timeout: float = 30.0,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._credentials = credentials
+        self._send_url = (
+            f"{base_url.rstrip('/')}/v1/projects/{credentials.project_id}/messages:send"
+        )
+        self._max_in_flight = max_in_flight
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._budget = budget
+        # An offline device then gets only the latest stage of a push.
+        self._collapse_resends = collapse_resends
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._http: aiohttp.ClientSession | None = None
+        self._tokens = _AccessTokens(credentials, self._session, clock)
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop, then kept for the provider's life.
+        if self._http is None:
+            connector = aiohttp.TCPConnector(limit=self._max_in_flight + 2)
+            self._http = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._http
+
+    async def send(self, messages: list[OutboundMessage]) -> list[SendOutcome]:
+        if not messages:
+            return []
+        try:
+            await self._tokens.get()
+        except _NoToken as exc:
+            if exc.verdict.kind == "config":  # the key is wrong: no use trying each device
+                return [_outcome(m, exc.verdict) for m in messages]
+        return list(await asyncio.gather(*(self._deliver(m) for m in messages)))
+
+    async def _deliver(self, message: OutboundMessage) -> SendOutcome:
+        collapse = message.msg_id if self._collapse_resends else None
+        body = json.dumps({"message": fcm_message(message, collapse)}).encode()
+        tries, waited, stale, reauthed = 0, 0.0, None, False
+        while True:
+            verdict, used = await self._attempt(body, stale)
+            stale = None
+            if verdict.kind == "reauth":
+                if not reauthed:  # the token expired early or was revoked: one fresh token
+                    reauthed, stale = True, used
+                    continue
+                verdict = Verdict(
+                    "config",
+                    f"{verdict.error}; FCM refuses fresh access tokens of "
+                    f"{self._credentials.client_email}: check the service account's roles",
+                )
+            if verdict.kind not in {"transient", "quota"}:
+                return _outcome(message, verdict)
+            tries += 1
+            delay = self._delay(verdict, tries)
+            if tries >= self._budget.attempts or waited + delay > self._budget.total_wait:
+                return SendOutcome(
+                    registration_id=message.registration_id,
+                    ok=False,
+                    error=f"{verdict.error}; not sent, retry in {delay:.1f} s",
+                    retry_after=delay,
+                )
+            await self._sleep(delay)
+            waited += delay
+
+    async def _attempt(self, body: bytes, stale: str | None) -> tuple[Verdict, str | None]:
+        try:
+            token = await self._tokens.get(stale)
+        except _NoToken as exc:
+            return exc.verdict, None
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with self._slots:
+            try:
+                async with self._session().post(self._send_url, data=body, headers=headers) as r:
+                    answer = await r.read()
+                    return classify(r.status, answer, r.headers.get("Retry-After")), token
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
+
+    def _delay(self, verdict: Verdict, tries: int) -> float:
+        budget = self._budget
+        if verdict.kind == "quota":
+            floor = max(budget.quota_delay, verdict.retry_after or 0.0)
+            return floor * (1 + 0.1 * self._rng.random())
+        if verdict.retry_after is not None:
+            return verdict.retry_after
+        step = min(budget.max_delay, budget.base_delay * 2 ** (tries - 1))
+        return step / 2 + self._rng.uniform(0, step / 2)
+
+    async def already_received(self, keys: list[str]) -> set[str] | None:
+        return None  # FCM cannot tell; a repeat carries the same notification tag
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _outcome(message: OutboundMessage, verdict: Verdict) -> SendOutcome:
+    return SendOutcome(
+        registration_id=message.registration_id,
+        ok=verdict.kind == "sent",
+        error=verdict.error,
+        token_invalid=verdict.kind == "dead_token",
+        config_error=verdict.kind == "config",
+    )
