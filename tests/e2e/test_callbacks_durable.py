@@ -71,6 +71,13 @@ async def test_worker_killed_and_api_restarted_lose_no_callback(
             stack.parts["worker"].start()
             await sender
 
+            async def sent() -> bool:
+                async with stack.api() as api:
+                    state = (await api.get(f"/v4/push/{msg_id}")).json()["state"]
+                return bool(state == "completed")
+
+            # The killed worker's send resumes on the new one after its heartbeat timeout.
+            await eventually(sent, timeout=120)
             with Session(stack.engine) as session:
                 expected = set(
                     session.exec(select(StatusEvent.event_id).where(StatusEvent.msg_id == msg_id))
