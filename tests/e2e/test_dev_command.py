@@ -22,15 +22,18 @@ def start_dev(cwd: Path, env: dict[str, str], ports: dict[str, int]) -> subproce
     args = [sys.executable, "-m", "relance.cli", "dev"]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
-    proc = subprocess.Popen(
-        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
+    # A file, not a pipe: nobody reads a pipe after start-up, and a full one blocks every part.
+    log = cwd / "dev.log"
+    starts = log.read_text().count("relance is up") if log.exists() else 0
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
     deadline = time.monotonic() + 90
-    for line in proc.stdout:
-        if "relance is up" in line or time.monotonic() > deadline:
-            break
-    assert proc.poll() is None, "relance dev exited"
+    while log.read_text().count("relance is up") == starts:
+        assert proc.poll() is None, f"relance dev exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
     return proc
 
 
