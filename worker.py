@@ -16,12 +16,39 @@ from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
 
 
+class RelanceWorker:
+    """The Temporal worker, and the provider and callback clients it closes when it stops."""
+
+    def __init__(
+        self, worker: Worker, journey: JourneyActivities, callbacks: CallbackActivities
+    ) -> None:
+        self.worker, self.journey, self.callbacks = worker, journey, callbacks
+
+    async def run(self) -> None:
+        try:
+            await self.worker.run()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.journey.registry.aclose()
+        await self.callbacks.http.aclose()
+
+    async def __aenter__(self) -> "RelanceWorker":
+        await self.worker.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.worker.__aexit__(*exc)
+        await self.aclose()
+
+
 def build_worker(
     client: Client,
     settings: Settings,
     providers: dict[str, Provider] | None = None,
     provider_options: dict[str, dict[str, Any]] | None = None,
-) -> Worker:
+) -> RelanceWorker:
     engine = make_engine(settings.database_url)
     create_tables(engine)
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
@@ -40,12 +67,13 @@ def build_worker(
             allowed_networks=tuple(settings.callback_allowed_networks),
         ),
     )
-    return Worker(
+    worker = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[PushJourney, CallbackForwarder],
         activities=[journey.send_stage, journey.finish_journey, callbacks.deliver_callbacks],
     )
+    return RelanceWorker(worker, journey, callbacks)
 
 
 async def main(settings: Settings | None = None) -> None:

@@ -82,7 +82,8 @@ class ProviderRegistry:
         return ledger.provider_configs(self.engine, app_key), app.provider if app else "simulator"
 
     async def aclose(self) -> None:
-        for _, client in self._clients.values():
+        clients, self._clients = self._clients, {}
+        for _, client in clients.values():
             await client.aclose()
         for client in self.defaults.values():
             await client.aclose()
