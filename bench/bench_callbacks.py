@@ -116,6 +116,14 @@ async def main(rate: int, seconds: int, batch: int) -> None:
     finally:
         await env.shutdown()
     latencies = [arrived[k] - acked[k] for k in acked]
+    start = min(acked.values())
+    windows: dict[int, list[float]] = {}
+    for k, at in acked.items():
+        windows.setdefault(int((at - start) // 10), []).append(arrived[k] - at)
+    print(
+        "p99 per 10 s window (ms):",
+        [round(pct(w, 0.99) * 1000) for _, w in sorted(windows.items())],
+    )
     print(f"achieved rate: {total / posting:.0f} events/s over {posting:.1f} s")
     print(
         f"ack -> arrival: p50 {pct(latencies, 0.5) * 1000:.0f} ms, "
