@@ -23,11 +23,13 @@ import jwt
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hpack import Encoder, NeverIndexedHeaderTuple
 
 PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm"}
 UUID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HEX_TOKEN = re.compile(r"^(?:[0-9a-f]{2}){32,}$", re.IGNORECASE)
 MAX_PAYLOAD = 4096
+READ_SLICE = 4096  # bytes of HTTP/2 frames the fake handles before it writes its replies
 
 
 def new_p8_key() -> tuple[str, str]:
@@ -236,8 +238,16 @@ class _Connection(asyncio.Protocol):
         self.peer = tuple(transport.get_extra_info("peername")[:2])
         self.fake._open.add(self)
         if transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2":
-            config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+            # Requests are checked as h2 does (validate_inbound_headers stays on); the fake's
+            # own replies are well-formed by construction, so they skip h2's outbound checks.
+            config = h2.config.H2Configuration(
+                client_side=False,
+                header_encoding="utf-8",
+                normalize_outbound_headers=False,
+                validate_outbound_headers=False,
+            )
             self.h2 = h2.connection.H2Connection(config)
+            self.h2.encoder = _PlainEncoder()
             limit = {
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.fake.max_concurrent_streams
             }
@@ -259,12 +269,21 @@ class _Connection(asyncio.Protocol):
         if self.h2 is None:
             self._http1_received(data)
             return
+        # Answer as requests are read, a few at a time, as a server working on each request
+        # would: one reply per read of many requests would keep the client idle meanwhile.
+        view = memoryview(data)
+        for start in range(0, len(data), READ_SLICE):
+            if not self._h2_received(view[start : start + READ_SLICE]):
+                return
+
+    def _h2_received(self, data: memoryview) -> bool:
+        assert self.h2 is not None
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(bytes(data))
         except h2.exceptions.ProtocolError:  # h2 has queued the GOAWAY that says why
             self.transport.write(self.h2.data_to_send())
             self.transport.close()
-            return
+            return False
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self.streams[event.stream_id] = (event.headers, bytearray())
@@ -276,6 +295,7 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, h2.events.StreamReset):
                 self.streams.pop(event.stream_id, None)
         self.transport.write(self.h2.data_to_send())
+        return True
 
     def _respond_h2(self, stream_id: int, headers: list, body: bytearray) -> None:
         assert self.h2 is not None
@@ -286,6 +306,8 @@ class _Connection(asyncio.Protocol):
         if answer is None:
             return
         status, out, reply = answer
+        # apns-id differs on every reply: keep it out of the HPACK table, as the client does.
+        out = [NeverIndexedHeaderTuple(k, v) if k == "apns-id" else (k, v) for k, v in out]
         self.h2.send_headers(stream_id, [(":status", str(status)), *out], end_stream=not reply)
         if reply:
             self.h2.send_data(stream_id, reply, end_stream=True)
@@ -322,6 +344,13 @@ class _Connection(asyncio.Protocol):
         wire += self.h11.send(h11.EndOfMessage())
         self.transport.write(wire)
         self.h11.start_next_cycle()
+
+
+class _PlainEncoder(Encoder):
+    """HPACK without Huffman coding for the fake's replies: cheaper for both ends in Python."""
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        return super().encode(headers, huffman=False)
 
 
 @asynccontextmanager
