@@ -3,6 +3,7 @@ token is invalidated, skipped by the next stage and left out of the next push; a
 'try again' answer is retried and delivered once; a configuration error fails the push
 with a message a human can act on."""
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from relance import ledger
 from relance.simulator import Behaviour
 from tests.providers.fakes import apns_fake, fcm_fake
 from tests.stack import Stack, eventually, inprocess_stack
@@ -40,9 +42,11 @@ class Setup:
 
 
 @asynccontextmanager
-async def fcm() -> AsyncIterator[Setup]:
+async def fcm(fakes: list[Any] | None = None) -> AsyncIterator[Setup]:
     info, public_key = fcm_fake.new_service_account("shop-123")
     fake = fcm_fake.FakeFcm("shop-123", info["client_email"], public_key)
+    if fakes is not None:
+        fakes.append(fake)
     async with fcm_fake.running_fcm(fake):
         tokens = [f"fcm-token-{i}" for i in range(4)]
         fake.scripted[tokens[2]] = [fcm_fake.Answer("UNAVAILABLE", retry_after="1")]
@@ -172,3 +176,51 @@ async def test_wrong_credentials_fail_the_push_and_keep_the_tokens(
         again = (await stack.api.post("/v4/push", json=push(setup))).json()["msg_id"]
         await time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{again}").result()
         assert setup.accepted(ok) == 1
+
+
+async def test_one_apps_slow_provider_does_not_hold_up_another_app(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """Two apps on the same FCM project: each has its own client, so one app's sends waiting
+    out a Retry-After do not delay the other's."""
+    fakes: list[Any] = []
+    async with (
+        fcm(fakes) as setup,
+        inprocess_stack(
+            time_env.client, tmp_path, task_queue, Behaviour(), {"fcm": setup.options}
+        ) as stack,
+    ):
+        fake = fakes[0]
+        other_key, other_secret = ledger.create_app(stack.engine, "other")
+        other = {"auth": (other_key, other_secret)}
+        slow_tokens = [f"slow-{i}" for i in range(3)]
+        for token in slow_tokens:  # every send of the first app: "try again in 4 s"
+            fake.scripted[token] = [fcm_fake.Answer("UNAVAILABLE", retry_after="4")]
+        await configure(stack, setup, setup.credentials)
+        response = await stack.api.put(
+            "/v4/app/providers/fcm",
+            json={"platforms": ["android"], "credentials": setup.credentials},
+            **other,
+        )
+        assert response.status_code == 200
+        await stack.api.post(
+            "/v4/devices",
+            json={"devices": [{"registration_id": t, "platform": "android"} for t in slow_tokens]},
+        )
+        await stack.api.post(
+            "/v4/devices",
+            json={"devices": [{"registration_id": "fast-1", "platform": "android"}]},
+            **other,
+        )
+        slow_push = (await stack.api.post("/v4/push", json=push(setup))).json()["msg_id"]
+        await eventually(lambda: len(fake.answers) >= len(slow_tokens))  # the slow app waits
+        started = asyncio.get_running_loop().time()
+        fast_push = (await stack.api.post("/v4/push", json=push(setup), **other)).json()["msg_id"]
+        await time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{fast_push}").result()
+        fast_took = asyncio.get_running_loop().time() - started
+        slow = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{slow_push}")
+        assert (await slow.describe()).close_time is None  # still waiting out its Retry-After
+        assert fast_took < 3.0 and fake.accepted_tokens().count("fast-1") == 1
+        result = await slow.result()
+        assert [s.sent for s in result.stages] == [3]
+        assert all(fake.accepted_tokens().count(t) == 1 for t in slow_tokens)
