@@ -1,6 +1,7 @@
 """Shared dependencies: the ledger engine, the Temporal client, the authenticated app."""
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,6 +23,9 @@ class Context:
     engine: Engine
     coalescer: SignalCoalescer
     client: Client | None = None
+    # SQLite has one writer at a time and its busy wait is not fair: event batches queue here
+    # instead, so the worker's writes (sends, callback deliveries) are not starved by them.
+    event_writes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
 
 def get_context(request: Request) -> Context:

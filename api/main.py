@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     create_tables(engine)
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
     context = Context(settings, engine, coalescer, client)
+    if engine.dialect.name == "sqlite":
+        context.event_writes = asyncio.Semaphore(1)
 
     async def _connect() -> None:
         while context.client is None:

@@ -24,7 +24,10 @@ async def post_events(batch: EventBatch, app: AppDep, ctx: ContextDep) -> Events
 
     Idempotent (a repeat changes nothing) and order-tolerant (a click implies delivered and
     displayed). Journeys learn of them through one coalesced signal per push."""
-    result = await run_in_threadpool(ledger.ingest_events, ctx.engine, app.app_key, batch.events)
+    async with ctx.event_writes:
+        result = await run_in_threadpool(
+            ledger.ingest_events, ctx.engine, app.app_key, batch.events
+        )
     if result.accepted:
         ctx.coalescer.mark(result.msg_ids)
     if result.callbacks_queued:
