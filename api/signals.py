@@ -26,7 +26,6 @@ class SignalCoalescer:
         self.client: Client | None = None
         self._dirty: set[str] = set()
         self._apps: set[str] = set()
-        self.signals_sent = 0
 
     def mark(self, msg_ids: set[str]) -> None:
         self._dirty |= msg_ids
@@ -63,7 +62,6 @@ class SignalCoalescer:
             await self.client.get_workflow_handle(f"push-{msg_id}").signal(
                 PushJourney.record_progress, progress
             )
-            self.signals_sent += 1
         except Exception as exc:  # noqa: BLE001 — a lost signal costs freshness, never correctness
             log.info("signal to push-%s not delivered: %s", msg_id, exc)
 

@@ -1,3 +1,1 @@
 """relance: push notifications that resend themselves, stage by stage, to whoever did not act."""
-
-TASK_QUEUE = "relance"
