@@ -9,6 +9,7 @@ import logging
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from api.journeys import workflow_id
 from relance import ledger, outbox
 from relance.forwarding import wake_forwarder
 
@@ -59,7 +60,7 @@ class SignalCoalescer:
         assert self.client is not None
         progress = await asyncio.to_thread(ledger.progress, self.engine, msg_id)
         try:
-            await self.client.get_workflow_handle(f"push-{msg_id}").signal(
+            await self.client.get_workflow_handle(workflow_id(msg_id)).signal(
                 PushJourney.record_progress, progress
             )
         except Exception as exc:  # noqa: BLE001 — a lost signal costs freshness, never correctness

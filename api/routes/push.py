@@ -10,7 +10,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import AppDep, ContextDep, temporal
 from api.errors import ApiError
-from api.journeys import start_journey
+from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
 from relance.db import utcnow
@@ -191,7 +191,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
     namespace = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}"
-    ui = f"{namespace}/workflows/push-{msg_id}"
+    ui = f"{namespace}/workflows/{workflow_id(msg_id)}"
     return PushStatusOut(
         msg_id=msg_id,
         request_id=push.request_id,
@@ -206,7 +206,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
 
 async def _live_status(ctx: ContextDep, msg_id: str) -> JourneyStatus | None:
     assert ctx.client is not None
-    handle = ctx.client.get_workflow_handle(f"push-{msg_id}")
+    handle = ctx.client.get_workflow_handle(workflow_id(msg_id))
     try:
         return await handle.query(PushJourney.status, rpc_timeout=timedelta(seconds=5))
     except Exception:  # noqa: BLE001 — the ledger answers when the journey cannot
@@ -236,7 +236,7 @@ async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     if push.state in TERMINAL:
         raise ApiError(409, f"msg_id: the journey already ended ({push.state})", "msg_id")
-    handle = temporal(ctx).get_workflow_handle(f"push-{msg_id}")
+    handle = temporal(ctx).get_workflow_handle(workflow_id(msg_id))
     description = await handle.describe()
     if description.status != WorkflowExecutionStatus.RUNNING:
         raise ApiError(409, "msg_id: the journey already ended", "msg_id")
