@@ -447,15 +447,16 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
             ).scalars()
         }
 
+        # An event without a stage counts for the latest stage sent to that device.
+        latest_sent: dict[tuple[str, str], int] = {}
+        for (m, r, s), d in deliveries.items():
+            if d.status in ("sent", "sending") and s > latest_sent.get((m, r), -1):
+                latest_sent[(m, r)] = s
+
         def stage_of(e: StatusEventIn) -> int:
             if e.stage is not None:
                 return e.stage
-            sent = [
-                s
-                for (m, r, s), d in deliveries.items()
-                if m == e.msg_id and r == e.registration_id and d.status in ("sent", "sending")
-            ]
-            return max(sent, default=0)
+            return latest_sent.get((e.msg_id, e.registration_id), 0)
 
         rows = []
         for e in events:
@@ -475,8 +476,10 @@ def ingest_events(engine: Engine, app_key: str, events: list[StatusEventIn]) -> 
         rows = list({r["event_id"]: r for r in rows}.values())  # duplicates inside one batch
         inserted: set[str] = set()
         queued = 0
-        for msg_id in {r["msg_id"] for r in rows}:
-            mine = [r for r in rows if r["msg_id"] == msg_id]
+        by_push: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_push.setdefault(r["msg_id"], []).append(r)
+        for msg_id, mine in by_push.items():
             new, rows_queued = _store_events(session, pushes[msg_id], mine)
             inserted, queued = inserted | new, queued + rows_queued
         bumps: dict[str, dict[str, int]] = {}
