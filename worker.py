@@ -12,6 +12,7 @@ from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
 from relance.db import create_tables, make_engine
 from relance.settings import Settings, get_settings
+from relance.temporal_client import connect_temporal
 from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
 
@@ -77,8 +78,6 @@ def build_worker(
 
 
 async def main(settings: Settings | None = None) -> None:
-    from api.main import connect_temporal
-
     settings = settings or get_settings()
     client: Client = await connect_temporal(settings)
     logging.getLogger("relance.worker").info(

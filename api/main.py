@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager, suppress
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api import errors
 from api.deps import Context
@@ -16,6 +15,7 @@ from api.routes import callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
 from relance.db import create_tables, make_engine
 from relance.settings import Settings, get_settings
+from relance.temporal_client import connect_temporal
 
 log = logging.getLogger("relance.api")
 
@@ -25,14 +25,6 @@ class Health(BaseModel):
 
     status: str
     temporal: bool
-
-
-async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-    )
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:

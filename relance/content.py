@@ -6,48 +6,16 @@ sandbox; a missing attribute with no `default` falls back to the stage's plain t
 
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel
 
 from relance.models import Notification, StageNotification
+from relance.templates import render_template
 
 
 class RenderedContent(BaseModel):
     title: str | None = None
     alert: str
     extras: dict[str, Any] = {}
-
-
-class _Missing(ChainableUndefined):
-    """Chains through `a.b[0]` so `| default(...)` works, but refuses to print itself."""
-
-    def __str__(self) -> str:
-        self._fail_with_undefined_error()
-        return ""  # pragma: no cover
-
-    __repr__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
-    __iter__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
-    __len__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
-
-
-_env = SandboxedEnvironment(undefined=_Missing, autoescape=False)
-
-
-def check_template(source: str) -> None:
-    """Raise ValueError if a template does not parse."""
-    try:
-        _env.parse(source)
-    except TemplateError as exc:
-        raise ValueError(f"expected a valid template: {exc}") from None
-
-
-def render_template(source: str, attributes: dict[str, Any]) -> str | None:
-    """The rendered text, or None when an attribute is missing or the template fails."""
-    try:
-        return _env.from_string(source).render(**attributes)
-    except Exception:  # noqa: BLE001 — whatever a template does with odd attributes, never fail a send
-        return None
 
 
 def base_content(notification: Notification, platform: str) -> RenderedContent:

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from relance.durations import format_duration, parse_duration
+from relance.templates import check_template
 
 Duration = Annotated[
     timedelta,
@@ -77,8 +78,6 @@ class StageNotification(BaseModel):
     @classmethod
     def _parses(cls, v: str | None) -> str | None:
         if v is not None:
-            from relance.content import check_template  # content imports these models
-
             check_template(v)
         return v
 

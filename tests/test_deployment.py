@@ -37,7 +37,7 @@ def test_compose_runs_what_the_cli_offers() -> None:
     """Every `relance <command>` the compose file runs exists in the CLI."""
     from typer.testing import CliRunner
 
-    from relance.cli import main
+    from cli import main
 
     text = (ROOT / "docker-compose.yml").read_text()
     for command in ("api", "worker", "simulator", "db-init"):

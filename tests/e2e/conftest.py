@@ -48,7 +48,7 @@ class Part:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relance.cli", *self.args],
+            [sys.executable, "-m", "cli", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ KEY, SECRET = "devtestapp", "dev-test-master-secret-0123456789"
 
 
 def start_dev(cwd: Path, env: dict[str, str], ports: dict[str, int]) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "relance.cli", "dev"]
+    args = [sys.executable, "-m", "cli", "dev"]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
     # A file, not a pipe: nobody reads a pipe after start-up, and a full one blocks every part.
@@ -62,7 +62,7 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
     proc = start_dev(tmp_path, env, ports)
     try:
         demo = subprocess.run(
-            [sys.executable, "-m", "relance.cli", "demo", "--devices", "40"],
+            [sys.executable, "-m", "cli", "demo", "--devices", "40"],
             cwd=tmp_path,
             env=env,
             capture_output=True,

@@ -205,7 +205,7 @@ def dev(
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
     }
-    me = [sys.executable, "-m", "relance.cli"]
+    me = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen[Any]] = []
     temporal = temporal_dev_command(STATE_DIR / "temporal.db", temporal_port, ui_port)
     try:

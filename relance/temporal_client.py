@@ -1,0 +1,15 @@
+"""Connecting to Temporal: one place for the address, the namespace and the data converter that
+the API, the worker and the CLI share."""
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from relance.settings import Settings
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
