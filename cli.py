@@ -18,6 +18,7 @@ import httpx
 import typer
 
 from relance.settings import Settings, get_settings
+from relance.states import TERMINAL_STATES
 
 main = typer.Typer(
     help="relance: pushes that resend themselves to whoever did not act.",
@@ -306,7 +307,7 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
             if status["state"] != last:
                 typer.echo(f"  {time.strftime('%H:%M:%S')} {status['state']}")
                 last = status["state"]
-            if status["state"] in ("completed", "cancelled", "failed"):
+            if status["state"] in TERMINAL_STATES:
                 break
             time.sleep(1)
         time.sleep(2)  # the last device reports

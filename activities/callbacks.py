@@ -10,10 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from relance import outbox
 from relance.callbacks import UnsafeCallbackUrl, body_of, check_callback_url, signed_headers
 from relance.db import App, CallbackBatch, reading
 from relance.journey import DeliverInput, DeliverResult
+from relance.ledger import outbox
+from relance.states import CallbackBatchState
 
 log = logging.getLogger("relance.callbacks")
 
@@ -56,12 +57,12 @@ class CallbackActivities:
             outbox.record_attempts, self.engine, outcomes, inp.now, cfg.schedule
         )
         result = DeliverResult(
-            delivered=sum(s == "delivered" for s in states.values()),
-            failed=sum(s == "pending" for s in states.values()),
-            dead=sum(s == "dead" for s in states.values()),
+            delivered=sum(s == CallbackBatchState.delivered for s in states.values()),
+            failed=sum(s == CallbackBatchState.pending for s in states.values()),
+            dead=sum(s == CallbackBatchState.dead for s in states.values()),
         )
         for batch, _ in due:
-            if states.get(batch.id or 0) == "dead":
+            if states.get(batch.id or 0) == CallbackBatchState.dead:
                 log.warning(
                     "callback batch %s to %s dead-lettered: %s",
                     batch.id,

@@ -9,11 +9,13 @@ from temporalio import activity
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from activities.providers.registry import ProviderRegistry
-from relance import ledger, outbox
+from relance import ledger
 from relance.content import render_stage
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
+from relance.ledger import outbox
 from relance.models import PushRequest, StageNotification
+from relance.states import DeliveryStatus
 
 
 async def _sleep_heartbeating(seconds: float) -> None:
@@ -100,9 +102,9 @@ class JourneyActivities:
         return SendStageResult(
             stage=inp.stage,
             targeted=sum(counts.values()),
-            sent=counts.get("sent", 0),
-            failed=counts.get("failed", 0),
-            skipped=counts.get("skipped", 0),
+            sent=counts.get(DeliveryStatus.sent, 0),
+            failed=counts.get(DeliveryStatus.failed, 0),
+            skipped=counts.get(DeliveryStatus.skipped, 0),
             progress=progress,
             config_error=config_error,
         )

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relance.ledger import LedgerError
+from relance.ledger import LedgerError, NotFound
 
 # Codes follow EngageLab's where one exists (21002 missing/malformed, 21003 invalid value,
 # 21004 authentication failed); relance adds 21404 not found, 21409 conflict, 21503 unavailable.
@@ -93,13 +93,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+        # The ledger says what is wrong; the API says what that means in HTTP.
+        status = 404 if isinstance(exc, NotFound) else 422
         return JSONResponse(
             error_body(
-                exc.status_code,
+                status,
                 f"{exc.field}: {exc.message}",
                 [{"field": exc.field, "message": exc.message}],
             ),
-            status_code=exc.status_code,
+            status_code=status,
         )
 
     @app.exception_handler(ApiError)

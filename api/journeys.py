@@ -4,6 +4,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from relance.journey import JourneyInput, JourneyPlan, JourneyResult
+from relance.states import JourneyState
 from workflows.push_journey import PushJourney, search_attributes
 
 
@@ -22,5 +23,5 @@ async def start_journey(
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=search_attributes(plan.msg_id, plan.app_key, "sending"),
+        search_attributes=search_attributes(plan.msg_id, plan.app_key, JourneyState.sending),
     )

@@ -10,8 +10,9 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.journeys import workflow_id
-from relance import ledger, outbox
+from relance import ledger
 from relance.forwarding import wake_forwarder
+from relance.ledger import outbox
 
 log = logging.getLogger("relance.api.signals")
 

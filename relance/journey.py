@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from relance.models import PushRequest, TriggerCondition
+from relance.states import JourneyState
 
 
 class Progress(BaseModel):
@@ -31,14 +32,19 @@ class JourneyPlan(BaseModel):
     signals_per_run: int = Field(5_000, ge=1, le=9_000)
 
 
-class StageSummary(BaseModel):
-    stage: int
-    scheduled_at: datetime
-    sent_at: datetime
+class StageCounts(BaseModel):
+    """What happened to one stage's deliveries: queued (targeted), and each DeliveryStatus end."""
+
     targeted: int = 0
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+class StageSummary(StageCounts):
+    stage: int
+    scheduled_at: datetime
+    sent_at: datetime
 
 
 class JourneyCarry(BaseModel):
@@ -58,7 +64,7 @@ class JourneyInput(BaseModel):
 
 class JourneyStatus(BaseModel):
     msg_id: str
-    state: str
+    state: JourneyState
     next_stage: int | None = None
     next_stage_at: datetime | None = None
     progress: Progress
@@ -70,12 +76,8 @@ class SendStageInput(BaseModel):
     stage: int
 
 
-class SendStageResult(BaseModel):
+class SendStageResult(StageCounts):
     stage: int
-    targeted: int
-    sent: int
-    failed: int
-    skipped: int
     progress: Progress
     # A provider's configuration is wrong (credentials, topic...): what a human must fix.
     config_error: str | None = None
@@ -83,16 +85,12 @@ class SendStageResult(BaseModel):
 
 class FinishInput(BaseModel):
     msg_id: str
-    state: str
+    state: JourneyState
     error: str | None = None
 
 
-class StageFunnel(BaseModel):
+class StageFunnel(StageCounts):
     stage: int
-    targeted: int = 0
-    sent: int = 0
-    failed: int = 0
-    skipped: int = 0
     delivered: int = 0
     displayed: int = 0
     clicked: int = 0
@@ -103,7 +101,7 @@ class StageFunnel(BaseModel):
 
 class Funnel(BaseModel):
     msg_id: str
-    state: str
+    state: JourneyState
     recipients: int
     delivered: int
     displayed: int
@@ -116,7 +114,7 @@ class Funnel(BaseModel):
 
 
 class JourneyResult(BaseModel):
-    state: str
+    state: JourneyState
     stages: list[StageSummary]
     funnel: Funnel
 

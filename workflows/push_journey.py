@@ -2,6 +2,7 @@
 still matches. Recipients live in the ledger; the workflow holds only counters."""
 
 from datetime import datetime, timedelta
+from enum import Enum
 
 from temporalio import workflow
 from temporalio.common import (
@@ -12,19 +13,18 @@ from temporalio.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from activities.journey import JourneyActivities
     from relance.journey import (
         FinishInput,
-        Funnel,
         JourneyCarry,
         JourneyInput,
-        JourneyPlan,
         JourneyResult,
         JourneyStatus,
         Progress,
         SendStageInput,
-        SendStageResult,
         StageSummary,
     )
+    from relance.states import JourneyState
 
 MSG_ID = SearchAttributeKey.for_keyword("RelanceMsgId")
 APP = SearchAttributeKey.for_keyword("RelanceApp")
@@ -37,15 +37,23 @@ SEND_RETRY = RetryPolicy(
 )
 
 
-def search_attributes(msg_id: str, app_key: str, state: str) -> TypedSearchAttributes:
+def search_attributes(msg_id: str, app_key: str, state: JourneyState) -> TypedSearchAttributes:
     """What makes journeys filterable in the Temporal UI (no secrets: stored unencrypted)."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(MSG_ID, msg_id),
             SearchAttributePair(APP, app_key),
-            SearchAttributePair(STATE, state),
+            SearchAttributePair(STATE, state.value),
         ]
     )
+
+
+class Wait(Enum):
+    """How a wait for the next stage ended."""
+
+    due = "due"  # the stage's time came
+    stop = "stop"  # cancelled, failed, or every recipient stopped
+    continue_as_new = "continue_as_new"  # history or signals near Temporal's limits
 
 
 @workflow.defn
@@ -53,7 +61,7 @@ class PushJourney:
     def __init__(self) -> None:
         self._progress = Progress()
         self._stages: list[StageSummary] = []
-        self._state = "sending"
+        self._state = JourneyState.sending
         self._cancelled = False
         self._error: str | None = None  # a provider configuration error ends the journey
         self._signals = 0
@@ -66,8 +74,7 @@ class PushJourney:
     def record_progress(self, progress: Progress) -> None:
         """Absolute counts from the ledger; the highest `seq` wins, so duplicates change nothing."""
         self._signals += 1
-        if progress.seq > self._progress.seq:
-            self._progress = progress
+        self._take(progress)
 
     @workflow.signal
     def cancel(self) -> None:
@@ -86,15 +93,6 @@ class PushJourney:
             stages=self._stages,
         )
 
-    def _all_stopped(self) -> bool:
-        p = self._progress
-        return p.recipients > 0 and p.stopped >= p.recipients
-
-    def _set_state(self, state: str) -> None:
-        if state != self._state:
-            self._state = state
-            workflow.upsert_search_attributes([STATE.value_set(state)])
-
     @workflow.run
     async def run(self, inp: JourneyInput) -> JourneyResult:
         plan = inp.plan
@@ -105,7 +103,7 @@ class PushJourney:
         self._next_stage, sent_at = carry.next_stage, carry.sent_at
 
         if self._next_stage == 0 and not self._cancelled:
-            self._set_state("sending")
+            self._set_state(JourneyState.sending)
             sent_at = workflow.now()
             await self._send(0, sent_at)
             self._next_stage = 1
@@ -114,36 +112,50 @@ class PushJourney:
         while self._next_stage is not None and self._next_stage <= len(offsets):
             stage = self._next_stage
             self._next_stage_at = sent_at + timedelta(seconds=offsets[stage - 1])
-            self._set_state("waiting")
-            if await self._wait_until(self._next_stage_at, plan, sent_at):
+            self._set_state(JourneyState.waiting)
+            waited = await self._wait_until(self._next_stage_at)
+            if waited is Wait.continue_as_new:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                carry = JourneyCarry(
+                    next_stage=stage,
+                    sent_at=sent_at,
+                    progress=self._progress,
+                    stages=self._stages,
+                    cancelled=self._cancelled,
+                )
+                workflow.continue_as_new(JourneyInput(plan=plan, carry=carry))
+            if waited is Wait.stop:
                 break
-            self._set_state("resending")
+            self._set_state(JourneyState.resending)
             await self._send(stage, self._next_stage_at)
             self._next_stage = stage + 1
         self._next_stage, self._next_stage_at = None, None
-        final = "failed" if self._error else "cancelled" if self._cancelled else "completed"
-        funnel = await workflow.execute_activity(
-            "finish_journey",
+        final = (
+            JourneyState.failed
+            if self._error
+            else JourneyState.cancelled
+            if self._cancelled
+            else JourneyState.completed
+        )
+        funnel = await workflow.execute_activity_method(
+            JourneyActivities.finish_journey,
             FinishInput(msg_id=plan.msg_id, state=final, error=self._error),
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=SEND_RETRY,
-            result_type=Funnel,
         )
         self._set_state(final)
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
 
     async def _send(self, stage: int, scheduled_at: datetime) -> None:
         started = workflow.now()
-        result: SendStageResult = await workflow.execute_activity(
-            "send_stage",
+        result = await workflow.execute_activity_method(
+            JourneyActivities.send_stage,
             SendStageInput(msg_id=self._msg_id, stage=stage),
-            result_type=SendStageResult,
             start_to_close_timeout=timedelta(hours=2),
             heartbeat_timeout=timedelta(seconds=15),
             retry_policy=SEND_RETRY,
         )
-        self.record_progress(result.progress)
-        self._signals -= 1  # not a signal: the send's own reading of the ledger
+        self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
         self._stages.append(
@@ -158,37 +170,38 @@ class PushJourney:
             )
         )
 
-    async def _wait_until(self, until: datetime, plan: JourneyPlan, sent_at: datetime) -> bool:
-        """Sleep until `until`; True if the journey should stop (cancelled, or everyone stopped)."""
+    async def _wait_until(self, until: datetime) -> Wait:
+        """Sleep until `until`, waking early to stop or to continue-as-new."""
         while True:
             if self._cancelled or self._error or self._all_stopped():
-                return True
+                return Wait.stop
             remaining = (until - workflow.now()).total_seconds()
             if remaining <= 0:
-                return False
+                return Wait.due
             try:
                 await workflow.wait_condition(
                     lambda: self._cancelled or self._all_stopped() or self._must_continue(),
                     timeout=timedelta(seconds=remaining),
                 )
             except TimeoutError:
-                return False
+                return Wait.due
             if self._must_continue():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    JourneyInput(
-                        plan=plan,
-                        carry=JourneyCarry(
-                            next_stage=self._next_stage or 0,
-                            sent_at=sent_at,
-                            progress=self._progress,
-                            stages=self._stages,
-                            cancelled=self._cancelled,
-                        ),
-                    )
-                )
+                return Wait.continue_as_new
+
+    def _take(self, progress: Progress) -> None:
+        if progress.seq > self._progress.seq:
+            self._progress = progress
+
+    def _all_stopped(self) -> bool:
+        p = self._progress
+        return p.recipients > 0 and p.stopped >= p.recipients
 
     def _must_continue(self) -> bool:
         return (
             self._signals >= self._signals_per_run or workflow.info().is_continue_as_new_suggested()
         )
+
+    def _set_state(self, state: JourneyState) -> None:
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([STATE.value_set(state.value)])

@@ -10,9 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppDep, Context, ContextDep
 from api.errors import ApiError
-from relance import ledger, outbox
+from relance import ledger
 from relance.callbacks import MAX_CALLBACK_URLS, UnsafeCallbackUrl, check_callback_url
 from relance.db import utcnow
+from relance.ledger import outbox
+from relance.states import CallbackBatchState
 
 router = APIRouter(tags=["callbacks"])
 
@@ -164,4 +166,4 @@ async def redeliver(batch_id: int, app: AppDep, ctx: ContextDep) -> Requeued:
         raise ApiError(404, f"batch_id: no dead callback batch {batch_id} for this app", "batch_id")
     ctx.coalescer.wake_app(app.app_key)
     await ctx.coalescer.flush()
-    return Requeued(id=batch_id, state="pending")
+    return Requeued(id=batch_id, state=CallbackBatchState.pending)

@@ -1,11 +1,10 @@
 """POST /v4/events: the native door for status events from devices, SDKs and the simulator."""
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import AppDep, ContextDep
-from relance import ledger
+from api.ingest import ingest
 from relance.models import EventBatch
 
 router = APIRouter(tags=["events"])
@@ -24,12 +23,5 @@ async def post_events(batch: EventBatch, app: AppDep, ctx: ContextDep) -> Events
 
     Idempotent (a repeat changes nothing) and order-tolerant (a click implies delivered and
     displayed). Journeys learn of them through one coalesced signal per push."""
-    async with ctx.event_writes:
-        result = await run_in_threadpool(
-            ledger.ingest_events, ctx.engine, app.app_key, batch.events
-        )
-    if result.accepted:
-        ctx.coalescer.mark(result.msg_ids)
-    if result.callbacks_queued:
-        ctx.coalescer.wake_app(app.app_key)
+    result = await ingest(ctx, app.app_key, batch.events)
     return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates)

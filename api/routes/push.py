@@ -17,11 +17,10 @@ from relance.db import utcnow
 from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.models import PushAccepted, PushRequest
 from relance.schedule import stage_offsets, stage_times
+from relance.states import TERMINAL_STATES
 from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
-
-TERMINAL = {"completed", "cancelled", "failed"}
 
 
 class PushValidated(BaseModel):
@@ -186,7 +185,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
     state, next_stage, next_at = push.state, None, None
-    if push.state not in TERMINAL and ctx.client is not None:
+    if push.state not in TERMINAL_STATES and ctx.client is not None:
         live = await _live_status(ctx, msg_id)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
@@ -234,7 +233,7 @@ async def list_callbacks(
 async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     """Stop the pending resends of a push; its journey ends as cancelled."""
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
-    if push.state in TERMINAL:
+    if push.state in TERMINAL_STATES:
         raise ApiError(409, f"msg_id: the journey already ended ({push.state})", "msg_id")
     handle = temporal(ctx).get_workflow_handle(workflow_id(msg_id))
     description = await handle.describe()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from api.deps import ContextDep
 from api.errors import ApiError
+from api.ingest import ingest
 from relance import ledger
 from relance.credentials import EngageLabCredentials
 from relance.engagelab_callbacks import (
@@ -64,24 +65,13 @@ async def engagelab_callback(request: Request, ctx: ContextDep) -> Response:
         await run_in_threadpool(
             _check_signature, ctx, app_key, request.headers.get("x-callback-id")
         )
-        result = await run_in_threadpool(
-            ledger.ingest_events, ctx.engine, app_key, [r.event for r in relays]
-        )
-        for relay in relays:
-            if relay.token_invalid:
-                reason = relay.event.error or "EngageLab: invalid registration id"
-                await run_in_threadpool(
-                    ledger.invalidate_device,
-                    ctx.engine,
-                    app_key,
-                    relay.event.registration_id,
-                    reason,
-                )
+        invalid = {
+            r.event.registration_id: r.event.error or "EngageLab: invalid registration id"
+            for r in relays
+            if r.token_invalid
+        }
+        result = await ingest(ctx, app_key, [r.event for r in relays], invalid)
         accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
-        if result.accepted:
-            ctx.coalescer.mark(result.msg_ids)
-        if result.callbacks_queued:
-            ctx.coalescer.wake_app(app_key)
     skipped = len(parsed.skipped) + len(parsed.events) - sum(len(r) for r in by_app.values())
     return JSONResponse(
         RelayAccepted(accepted=accepted, duplicates=duplicates, skipped=skipped).model_dump()

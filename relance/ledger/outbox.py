@@ -10,6 +10,8 @@ from sqlmodel import Session
 
 from relance.callbacks import callback_row, callback_urls, next_attempt
 from relance.db import App, CallbackBatch, CallbackRow, Push, reading
+from relance.ledger._base import insert_for
+from relance.states import CallbackBatchState
 
 
 def utc(moment: datetime) -> datetime:
@@ -17,7 +19,7 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def enqueue(session: Session, push: Push, events: list[dict[str, Any]], insert: Any) -> int:
+def enqueue(session: Session, push: Push, events: list[dict[str, Any]]) -> int:
     """Queue these (newly stored) status events for each callback URL of their push; returns
     how many rows were queued."""
     if not events:
@@ -41,7 +43,7 @@ def enqueue(session: Session, push: Push, events: list[dict[str, Any]], insert: 
     ]
     for i in range(0, len(rows), 500):
         session.execute(
-            insert(CallbackRow.__table__)  # type: ignore[attr-defined]
+            insert_for(session)(CallbackRow)
             .values(rows[i : i + 500])
             .on_conflict_do_nothing(index_elements=["url", "event_id"])
         )
@@ -100,7 +102,7 @@ def due_batches(
             select(CallbackBatch)
             .where(
                 CallbackBatch.app_key == app_key,
-                CallbackBatch.state == "pending",
+                CallbackBatch.state == CallbackBatchState.pending,
                 CallbackBatch.next_attempt_at <= utc(now),  # type: ignore[operator]
             )
             .order_by(CallbackBatch.next_attempt_at)  # type: ignore[arg-type]
@@ -120,12 +122,16 @@ def record_attempts(
             assert batch is not None
             batch.attempts += 1
             if error is None:
-                batch.state, batch.delivered_at, batch.last_error = "delivered", utc(now), None
+                batch.state, batch.delivered_at, batch.last_error = (
+                    CallbackBatchState.delivered,
+                    utc(now),
+                    None,
+                )
             else:
                 batch.last_error = error[:500]
                 retry_at = next_attempt(now, batch.attempts, schedule)
                 if retry_at is None:
-                    batch.state = "dead"
+                    batch.state = CallbackBatchState.dead
                 else:
                     batch.next_attempt_at = utc(retry_at)
             states[batch_id] = batch.state
@@ -146,7 +152,7 @@ def next_due(engine: Engine, app_key: str) -> datetime | None:
             return datetime.now(UTC)
         earliest = session.execute(
             select(func.min(CallbackBatch.next_attempt_at)).where(
-                CallbackBatch.app_key == app_key, CallbackBatch.state == "pending"
+                CallbackBatch.app_key == app_key, CallbackBatch.state == CallbackBatchState.pending
             )
         ).scalar_one_or_none()
     return utc(earliest) if earliest is not None else None
@@ -162,7 +168,9 @@ def apps_with_work(engine: Engine) -> list[str]:
         )
         batches = set(
             session.execute(
-                select(CallbackBatch.app_key).where(CallbackBatch.state == "pending").distinct()
+                select(CallbackBatch.app_key)
+                .where(CallbackBatch.state == CallbackBatchState.pending)
+                .distinct()
             ).scalars()
         )
     return sorted(rows | batches)
@@ -178,7 +186,7 @@ def dead_batches(
             select(CallbackBatch)
             .where(
                 CallbackBatch.app_key == app_key,
-                CallbackBatch.state == "dead",
+                CallbackBatch.state == CallbackBatchState.dead,
                 CallbackBatch.id > after_id,  # type: ignore[operator]
             )
             .order_by(CallbackBatch.id)  # type: ignore[arg-type]
@@ -190,8 +198,8 @@ def requeue_dead(engine: Engine, app_key: str, batch_id: int, now: datetime) -> 
     """Send a dead-lettered batch again from the first try; False if there is no such batch."""
     with Session(engine) as session:
         batch = session.get(CallbackBatch, batch_id)
-        if batch is None or batch.app_key != app_key or batch.state != "dead":
+        if batch is None or batch.app_key != app_key or batch.state != CallbackBatchState.dead:
             return False
-        batch.state, batch.attempts, batch.next_attempt_at = "pending", 0, utc(now)
+        batch.state, batch.attempts, batch.next_attempt_at = CallbackBatchState.pending, 0, utc(now)
         session.commit()
         return True

@@ -1,0 +1,67 @@
+"""The ledger: every read and write of apps, devices, pushes, recipients, deliveries, status
+events and the callback outbox, one module per aggregate.
+
+The ledger is the source of truth; the workflow only holds counters. Both the API and the
+activities call these functions (synchronous: callers run them in a thread). The names below are
+the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
+
+from relance.ledger._base import LedgerError, NotFound
+from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
+from relance.ledger.devices import invalidate_device, upsert_devices
+from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
+from relance.ledger.funnel import funnel, progress
+from relance.ledger.providers import delete_provider, provider_configs, set_provider
+from relance.ledger.pushes import (
+    Accepted,
+    accept_push,
+    count_audience,
+    find_push_by_request,
+    forget_push,
+    get_push,
+    new_msg_id,
+    set_state,
+)
+from relance.ledger.sending import (
+    Outbound,
+    SendOutcomeRow,
+    mark_sending,
+    next_batch,
+    record_outcomes,
+    select_resend_audience,
+    stage_counts,
+)
+
+__all__ = [
+    "Accepted",
+    "IngestResult",
+    "LedgerError",
+    "NotFound",
+    "Outbound",
+    "SendOutcomeRow",
+    "accept_push",
+    "authenticate",
+    "count_audience",
+    "create_app",
+    "delete_provider",
+    "event_key",
+    "find_push_by_request",
+    "forget_push",
+    "funnel",
+    "get_app",
+    "get_push",
+    "ingest_events",
+    "invalidate_device",
+    "list_events",
+    "mark_sending",
+    "new_msg_id",
+    "next_batch",
+    "progress",
+    "provider_configs",
+    "record_outcomes",
+    "select_resend_audience",
+    "set_callbacks",
+    "set_provider",
+    "set_state",
+    "stage_counts",
+    "upsert_devices",
+]

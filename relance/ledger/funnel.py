@@ -1,0 +1,100 @@
+"""What a push achieved: the recipient-level progress a journey waits on, and the funnel per
+stage that the API and the journey's result report."""
+
+from sqlalchemy import case, exists, func
+from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col
+
+from relance.db import Delivery, Push, reading
+from relance.journey import Funnel, Progress, StageFunnel
+from relance.ledger._base import NotFound
+from relance.states import DeliveryStatus
+
+
+def progress(engine: Engine, msg_id: str) -> Progress:
+    with Session(reading(engine)) as session:
+        push = session.get(Push, msg_id)
+    if push is None:
+        return Progress()
+    return Progress(
+        seq=push.seq,
+        recipients=push.recipients,
+        delivered=push.n_delivered,
+        displayed=push.n_displayed,
+        clicked=push.n_clicked,
+        failed=push.n_failed,
+        stopped=push.n_stopped,
+    )
+
+
+def _rate(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def funnel(engine: Engine, msg_id: str) -> Funnel:
+    """Delivered, displayed and clicked per stage, and what the resends added."""
+    d = Delivery
+    with Session(reading(engine)) as session:
+        push = session.get(Push, msg_id)
+        if push is None:
+            raise NotFound("msg_id", f"no push {msg_id!r}")
+        rows = session.execute(
+            sa_select(
+                d.stage,
+                func.count(),
+                func.sum(case((col(d.status) == DeliveryStatus.sent.value, 1), else_=0)),
+                func.count(d.failed_at),
+                func.sum(case((col(d.status) == DeliveryStatus.skipped.value, 1), else_=0)),
+                func.count(d.delivered_at),
+                func.count(d.displayed_at),
+                func.count(d.clicked_at),
+            )
+            .where(col(d.msg_id) == msg_id)
+            .group_by(col(d.stage))
+            .order_by(col(d.stage))
+        ).all()
+        first = aliased(Delivery)
+        added = session.execute(
+            sa_select(func.count(func.distinct(d.registration_id))).where(
+                col(d.msg_id) == msg_id,
+                col(d.stage) > 0,
+                col(d.clicked_at).is_not(None),
+                ~exists().where(
+                    first.msg_id == msg_id,
+                    first.stage == 0,
+                    first.registration_id == d.registration_id,
+                    col(first.clicked_at).is_not(None),
+                ),
+            )
+        ).scalar_one()
+    stages = []
+    for stage, targeted, sent, failed, skipped, delivered, displayed, clicked in rows:
+        sent = int(sent or 0)
+        stages.append(
+            StageFunnel(
+                stage=stage,
+                targeted=targeted,
+                sent=sent,
+                failed=int(failed or 0),
+                skipped=int(skipped or 0),
+                delivered=delivered,
+                displayed=displayed,
+                clicked=clicked,
+                delivered_rate=_rate(delivered, sent),
+                displayed_rate=_rate(displayed, sent),
+                clicked_rate=_rate(clicked, sent),
+            )
+        )
+    return Funnel(
+        msg_id=msg_id,
+        state=push.state,
+        recipients=push.recipients,
+        delivered=push.n_delivered,
+        displayed=push.n_displayed,
+        clicked=push.n_clicked,
+        failed=push.n_failed,
+        stages=stages,
+        clicked_after_resend=int(added),
+    )
