@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +24,7 @@ import jwt
 from hpack import Encoder, NeverIndexedHeaderTuple
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import parse_retry_after
 from relance.credentials import ApnsCredentials
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ class ApnsProvider:
         return (
             status,
             _reason(status, reply),
-            _retry_after(answer.get("retry-after"), self._clock()),
+            parse_retry_after(answer.get("retry-after"), self._clock()),
         )
 
     def _headers(self, message: OutboundMessage, provider_token: str) -> list[tuple[str, str]]:
@@ -554,17 +554,3 @@ def _reason(status: int, reply: bytes) -> str:
         return str(json.loads(reply)["reason"])
     except (ValueError, KeyError, TypeError):
         return f"HTTP {status}"
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After in seconds, from delta-seconds or an HTTP date."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None

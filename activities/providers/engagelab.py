@@ -7,15 +7,14 @@ import asyncio
 import base64
 import json
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import parse_retry_after
 from relance.credentials import EngageLabCredentials
 from relance.engagelab_callbacks import CUSTOM_ARGS_MSG_ID, CUSTOM_ARGS_STAGE
 
@@ -207,17 +206,10 @@ def _answer(status: int, body: bytes, headers: Mapping[str, str]) -> _Answer:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After (seconds or an HTTP date), else the rate-limit window's reset."""
+    """Retry-After, else the rate-limit window's reset when the window is used up."""
     value = headers.get("Retry-After")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-            return max(0.0, when.timestamp() - time.time())
+        return parse_retry_after(value)
     if headers.get("X-Rate-Limit-Remaining") == "0" and headers.get("X-Rate-Limit-Reset"):
         try:
             return max(0.0, float(headers["X-Rate-Limit-Reset"]))

@@ -7,7 +7,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import parse_retry_after
 from relance.credentials import FcmCredentials
 
 FCM_URL = "https://fcm.googleapis.com"
@@ -81,20 +81,6 @@ def fcm_message(message: OutboundMessage, collapse_key: str | None = None) -> di
     if message.platform == "web" and message.time_to_live is not None:
         body["webpush"] = {"headers": {"TTL": str(message.time_to_live)}}
     return body
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (it may also be an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def classify(status: int, body: bytes, retry_after: str | None = None) -> Verdict:

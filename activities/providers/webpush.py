@@ -26,7 +26,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -35,6 +34,7 @@ import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import parse_retry_after
 from relance.credentials import VapidCredentials, b64url_decode, b64url_encode
 
 log = logging.getLogger(__name__)
@@ -103,20 +103,6 @@ class _Transient:
     error: str
     delay: float | None  # the push service's Retry-After, else backoff
     counts: bool = True  # False when we did not even try (the origin asked us to slow down)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(0.0, seconds), 86400.0) if seconds == seconds else None  # NaN: unreadable
 
 
 def _encrypt(sub: Subscription, plaintext: bytes) -> bytes:
@@ -238,7 +224,8 @@ class WebPushProvider:
             try:
                 async with self._session.post(sub.endpoint, data=body(), headers=headers) as resp:
                     reason = (await resp.read())[:200].decode(errors="replace")
-                    status, retry_after = resp.status, _retry_after(resp.headers.get("Retry-After"))
+                    status = resp.status
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return _Transient(f"push service unreachable: {type(exc).__name__}", None)
         return self._classify(rid, sub.origin, status, retry_after, reason)
