@@ -3,10 +3,10 @@ reused ES256 provider token, Apple's error reasons mapped to outcomes, and bound
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
-import random
 import ssl
 import time
 import uuid
@@ -24,7 +24,7 @@ import jwt
 from hpack import Encoder, NeverIndexedHeaderTuple
 
 from activities.providers.base import OutboundMessage, SendOutcome
-from activities.providers.retry import parse_retry_after
+from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import ApnsCredentials
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ APNS_URLS = {
     "sandbox": "https://api.sandbox.push.apple.com",
 }
 MAX_PAYLOAD = 4096
+APNS_RETRY = RetryBudget(attempts=5, total_wait=60.0, base_delay=1.0, max_delay=30.0)
 # apns-id is derived from the idempotency key, so a re-send carries the same id.
 APNS_ID_NAMESPACE = uuid.UUID("6993daf9-8968-4071-b326-3ef690ac498d")
 DEAD_TOKEN = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
@@ -340,9 +341,9 @@ class ApnsProvider:
         *,
         verify: ssl.SSLContext | str | bool = True,
         max_in_flight: int = 50,
-        max_attempts: int = 5,
-        max_retry_wait: float = 60.0,
-        backoff_base: float = 1.0,
+        max_attempts: int = APNS_RETRY.attempts,
+        max_retry_wait: float = APNS_RETRY.total_wait,
+        backoff_base: float = APNS_RETRY.base_delay,
         timeout: float = 30.0,
         token_lifetime: float = 50 * 60,
         collapse_stages: bool = True,
@@ -357,8 +358,11 @@ class ApnsProvider:
         self._tls = _tls_context(verify)
         self._token = ProviderToken(credentials, clock, token_lifetime)
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._max_attempts, self._max_retry_wait = max_attempts, max_retry_wait
-        self._backoff_base, self._timeout = backoff_base, timeout
+        # Plain numbers rather than a RetryBudget, so the worker's JSON provider options set them.
+        self._retry = dataclasses.replace(
+            APNS_RETRY, attempts=max_attempts, total_wait=max_retry_wait, base_delay=backoff_base
+        )
+        self._timeout = timeout
         self._collapse_stages = collapse_stages
         self._sleep, self._clock = sleep, clock
         self._connection: Http2Connection | None = None
@@ -400,8 +404,8 @@ class ApnsProvider:
                 continue
             if status in (0, 429) or status >= 500:
                 tries += 1
-                delay = retry_after if retry_after is not None else self._backoff(tries)
-                if tries >= self._max_attempts or waited + delay > self._max_retry_wait:
+                delay = self._retry.wait(tries, retry_after)
+                if self._retry.exhausted(tries, waited, delay):
                     error = f"APNs {status or 'unreachable'} {reason}; {tries} tries"
                     return SendOutcome(
                         registration_id=rid, ok=False, retry_after=delay, error=error
@@ -469,9 +473,6 @@ class ApnsProvider:
             error = CONFIG_ERRORS[reason].format(topic=self.credentials.topic, environment=env)
             return SendOutcome(registration_id=rid, ok=False, config_error=True, error=error)
         return SendOutcome(registration_id=rid, ok=False, error=f"APNs {status} {reason}")
-
-    def _backoff(self, tries: int) -> float:
-        return min(30.0, self._backoff_base * 2 ** (tries - 1)) * random.uniform(0.5, 1.0)
 
     async def _connect(self) -> Http2Connection:
         """The one long-lived connection, made again when APNs closed it."""
