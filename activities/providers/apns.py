@@ -13,7 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from activities.providers.apns_http2 import ApnsLost, ApnsUnprocessed, Http2Connection, unindexed
+from activities.providers.apns_http2 import (
+    ApnsLost,
+    ApnsUnprocessed,
+    Http2Connection,
+    RequestHeader,
+    unindexed,
+)
 from activities.providers.apns_token import ProviderToken, UnusableKey
 from activities.providers.base import OutboundMessage, SendOutcome
 from activities.providers.retry import RetryBudget, parse_retry_after
@@ -175,8 +181,8 @@ class ApnsProvider:
             parse_retry_after(answer.get("retry-after"), self._clock()),
         )
 
-    def _headers(self, message: OutboundMessage, provider_token: str) -> list[tuple[str, str]]:
-        headers = [
+    def _headers(self, message: OutboundMessage, provider_token: str) -> list[RequestHeader]:
+        headers: list[RequestHeader] = [
             ("authorization", f"bearer {provider_token}"),
             ("apns-topic", self.credentials.topic),
             ("apns-push-type", "alert"),

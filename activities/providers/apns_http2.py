@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -13,6 +13,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from hpack import Encoder, NeverIndexedHeaderTuple
+
+# A plain pair is kept in the HPACK table; a NeverIndexedHeaderTuple (see `unindexed`) is not.
+RequestHeader = tuple[str, str] | NeverIndexedHeaderTuple
+Response = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
 class ApnsUnprocessed(Exception):
@@ -25,7 +29,7 @@ class ApnsLost(Exception):
 
 @dataclass
 class _Stream:
-    response: asyncio.Future
+    response: asyncio.Future[Response]
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
     sent: bool = False
@@ -105,7 +109,8 @@ class Http2Connection(asyncio.Protocol):
         if isinstance(event, h2.events.RemoteSettingsChanged) and not self.settled.done():
             self.settled.set_result(None)
         elif isinstance(event, h2.events.ResponseReceived) and stream:
-            stream.headers = dict(event.headers)
+            # h2 hands back str headers, as header_encoding asks; its types only know bytes.
+            stream.headers = dict(cast(list[tuple[str, str]], event.headers))
         elif isinstance(event, h2.events.DataReceived):
             self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if stream:
@@ -127,9 +132,7 @@ class Http2Connection(asyncio.Protocol):
             for stream_id in [s for s in self._streams if s > last]:
                 _fail(self._streams.pop(stream_id), ApnsUnprocessed("APNs is closing (GOAWAY)"))
 
-    async def request(
-        self, path: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
+    async def request(self, path: str, headers: list[RequestHeader], body: bytes) -> Response:
         h2c = self._h2
         await self._until(lambda: len(self._streams) < h2c.remote_settings.max_concurrent_streams)
         if not self.usable:
@@ -231,7 +234,7 @@ def _to_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def unindexed(name: str, value: str) -> tuple[str, str]:
+def unindexed(name: str, value: str) -> NeverIndexedHeaderTuple:
     """A per-request header: kept out of the HPACK table so it does not evict the stable ones."""
     return NeverIndexedHeaderTuple(name, value)
 
