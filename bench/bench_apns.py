@@ -23,7 +23,8 @@ import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 from hpack import NeverIndexedHeaderTuple  # noqa: E402
 
-from activities.providers.apns import ApnsCredentials, ApnsProvider, Http2Connection  # noqa: E402
+from activities.providers.apns import ApnsCredentials, ApnsProvider  # noqa: E402
+from activities.providers.apns_http2 import Http2Connection  # noqa: E402
 from activities.providers.base import OutboundMessage  # noqa: E402
 from tests.providers.fakes.apns_fake import FakeApns, new_p8_key, serving  # noqa: E402
 

@@ -6,16 +6,14 @@ stage in `custom_args`, which EngageLab echoes in every status callback row."""
 import asyncio
 import base64
 import json
-import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import EngageLabCredentials
 from relance.engagelab_callbacks import CUSTOM_ARGS_MSG_ID, CUSTOM_ARGS_STAGE
 
@@ -33,19 +31,7 @@ CONFIG_CODES = {
 }
 RATE_LIMITED = 23008
 TRANSIENT_CODES = {RATE_LIMITED, 21009, 21030, 27000}  # rate limit, internal error, timeout
-
-
-@dataclass(frozen=True)
-class RetryBudget:
-    """How hard one message is retried inside `send` before it is handed back with retry_after."""
-
-    attempts: int = 6
-    total_wait: float = 120.0
-    base_delay: float = 0.5
-    max_delay: float = 60.0
-
-    def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+ENGAGELAB_RETRY = RetryBudget(attempts=6, total_wait=120.0, base_delay=0.5, max_delay=60.0)
 
 
 @dataclass(frozen=True)
@@ -69,7 +55,7 @@ class EngageLabProvider:
         *,
         base_url: str | None = None,
         concurrency: int = 50,
-        retry: RetryBudget = RetryBudget(),
+        retry: RetryBudget = ENGAGELAB_RETRY,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         timeout: float = 30.0,
     ) -> None:
@@ -108,20 +94,19 @@ class EngageLabProvider:
             payload = json.dumps(push_body(message, self._credentials), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             return _outcome(message, error=f"extras cannot be sent as JSON: {exc}")
-        waited = 0.0
-        for attempt in range(self._retry.attempts):
+        tries, waited = 0, 0.0
+        while True:
             answer = await self._post(payload.encode())
             verdict = _verdict(message, answer)
             if verdict is not None:
                 return verdict
-            delay = answer.retry_after
-            delay = self._retry.backoff(attempt) if delay is None else delay
-            if attempt + 1 == self._retry.attempts or waited + delay > self._retry.total_wait:
+            tries += 1
+            delay = self._retry.wait(tries, answer.retry_after)
+            if self._retry.exhausted(tries, waited, delay):
                 later = max(delay, self._retry.base_delay)
                 return _outcome(message, error=f"not sent yet: {answer.describe()}", later=later)
             await self._sleep(delay)
             waited += delay
-        raise AssertionError("unreachable: the last attempt always returns")
 
     async def _post(self, payload: bytes) -> _Answer:
         async with self._slots:
@@ -207,17 +192,10 @@ def _answer(status: int, body: bytes, headers: Mapping[str, str]) -> _Answer:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After (seconds or an HTTP date), else the rate-limit window's reset."""
+    """Retry-After, else the rate-limit window's reset when the window is used up."""
     value = headers.get("Retry-After")
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-            return max(0.0, when.timestamp() - time.time())
+        return parse_retry_after(value)
     if headers.get("X-Rate-Limit-Remaining") == "0" and headers.get("X-Rate-Limit-Reset"):
         try:
             return max(0.0, float(headers["X-Rate-Limit-Reset"]))

@@ -7,7 +7,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -15,6 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import FcmCredentials
 
 FCM_URL = "https://fcm.googleapis.com"
@@ -25,19 +25,9 @@ BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 ASSERTION_LIFETIME = 3600  # Google refuses assertions that live longer than an hour
 TOKEN_MARGIN = 300.0  # drop a cached access token this long before it expires
 TRANSIENT_STATUSES = {500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class RetryBudget:
-    """How long one message keeps trying inside one `send` before it comes back with
-    `retry_after` for the sender to try later."""
-
-    attempts: int = 6
-    total_wait: float = 30.0
-    base_delay: float = 0.5
-    max_delay: float = 16.0
-    # FCM asks senders to wait at least a minute after QUOTA_EXCEEDED.
-    quota_delay: float = 60.0
+FCM_RETRY = RetryBudget(attempts=6, total_wait=30.0, base_delay=0.5, max_delay=16.0)
+# FCM asks senders to wait at least a minute after QUOTA_EXCEEDED.
+QUOTA_DELAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,20 +71,6 @@ def fcm_message(message: OutboundMessage, collapse_key: str | None = None) -> di
     if message.platform == "web" and message.time_to_live is not None:
         body["webpush"] = {"headers": {"TTL": str(message.time_to_live)}}
     return body
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (it may also be an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def classify(status: int, body: bytes, retry_after: str | None = None) -> Verdict:
@@ -243,7 +219,8 @@ class FcmProvider:
         base_url: str = FCM_URL,
         *,
         max_in_flight: int = 50,
-        budget: RetryBudget = RetryBudget(),  # noqa: B008 — frozen, shared safely
+        budget: RetryBudget = FCM_RETRY,
+        quota_delay: float = QUOTA_DELAY,
         collapse_resends: bool = False,
         timeout: float = 30.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -256,7 +233,7 @@ class FcmProvider:
         )
         self._max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._budget = budget
+        self._budget, self._quota_delay = budget, quota_delay
         # An offline device then gets only the latest stage of a push.
         self._collapse_resends = collapse_resends
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -302,7 +279,7 @@ class FcmProvider:
                 return _outcome(message, verdict)
             tries += 1
             delay = self._delay(verdict, tries)
-            if tries >= self._budget.attempts or waited + delay > self._budget.total_wait:
+            if self._budget.exhausted(tries, waited, delay):
                 return SendOutcome(
                     registration_id=message.registration_id,
                     ok=False,
@@ -327,14 +304,11 @@ class FcmProvider:
                 return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
 
     def _delay(self, verdict: Verdict, tries: int) -> float:
-        budget = self._budget
         if verdict.kind == "quota":
-            floor = max(budget.quota_delay, verdict.retry_after or 0.0)
+            # Up to 10% more, so the messages handed back together do not return together.
+            floor = max(self._quota_delay, verdict.retry_after or 0.0)
             return floor * (1 + 0.1 * self._rng.random())
-        if verdict.retry_after is not None:
-            return verdict.retry_after
-        step = min(budget.max_delay, budget.base_delay * 2 ** (tries - 1))
-        return step / 2 + self._rng.uniform(0, step / 2)
+        return self._budget.wait(tries, verdict.retry_after, self._rng)
 
     async def already_received(self, keys: list[str]) -> set[str] | None:
         return None  # FCM cannot tell; a repeat carries the same notification tag

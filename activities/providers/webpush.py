@@ -22,11 +22,9 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -35,6 +33,7 @@ import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import VapidCredentials, b64url_decode, b64url_encode
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,7 @@ FOUR_WEEKS = 28 * 24 * 3600
 MAX_PLAINTEXT = 4096 - 86 - 1 - 16
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows at most 24 h; renewed an hour before it ends.
 Urgency = Literal["very-low", "low", "normal", "high"]
+WEBPUSH_RETRY = RetryBudget(attempts=5, total_wait=30.0, base_delay=0.5, max_delay=30.0)
 
 
 class InvalidSubscription(ValueError):
@@ -84,39 +84,10 @@ def parse_subscription(registration_id: str, require_https: bool = True) -> Subs
 
 
 @dataclass(frozen=True)
-class RetryBudget:
-    """How long one send() keeps trying a message before handing it back with retry_after."""
-
-    attempts: int = 5
-    total_wait: float = 30.0  # seconds of sleeping per message within one send()
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def backoff(self, attempt: int) -> float:
-        """Jittered exponential backoff after the attempt-th failure (1-based)."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True)
 class _Transient:
     error: str
     delay: float | None  # the push service's Retry-After, else backoff
     counts: bool = True  # False when we did not even try (the origin asked us to slow down)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(0.0, seconds), 86400.0) if seconds == seconds else None  # NaN: unreadable
 
 
 def _encrypt(sub: Subscription, plaintext: bytes) -> bytes:
@@ -138,7 +109,7 @@ class WebPushProvider:
         credentials: VapidCredentials,
         *,
         max_in_flight: int = 50,
-        retry: RetryBudget = RetryBudget(),  # noqa: B008 - frozen, safe to share
+        retry: RetryBudget = WEBPUSH_RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         timeout: float = 30.0,
         default_ttl: int = FOUR_WEEKS,
@@ -218,8 +189,8 @@ class WebPushProvider:
             if isinstance(answer, SendOutcome):
                 return answer
             tries += answer.counts
-            delay = answer.delay if answer.delay is not None else self._retry.backoff(tries)
-            if tries >= self._retry.attempts or waited + delay > self._retry.total_wait:
+            delay = self._retry.wait(tries, answer.delay)
+            if self._retry.exhausted(tries, waited, delay):
                 return SendOutcome(
                     registration_id=rid, ok=False, error=answer.error, retry_after=delay
                 )
@@ -238,7 +209,8 @@ class WebPushProvider:
             try:
                 async with self._session.post(sub.endpoint, data=body(), headers=headers) as resp:
                     reason = (await resp.read())[:200].decode(errors="replace")
-                    status, retry_after = resp.status, _retry_after(resp.headers.get("Retry-After"))
+                    status = resp.status
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return _Transient(f"push service unreachable: {type(exc).__name__}", None)
         return self._classify(rid, sub.origin, status, retry_after, reason)
