@@ -4,6 +4,7 @@ EngageLab's schedule, or the dead-letter list."""
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -47,7 +48,7 @@ class CallbackActivities:
         limit = asyncio.Semaphore(cfg.concurrency)
         outcomes: dict[int, str | None] = {}
 
-        async def one(batch: CallbackBatch, rows: list[dict]) -> None:  # type: ignore[type-arg]
+        async def one(batch: CallbackBatch, rows: list[dict[str, Any]]) -> None:
             async with limit:
                 outcomes[batch.id or 0] = await self._post(batch.url, rows, signing, inp)
             activity.heartbeat()
@@ -82,9 +83,9 @@ class CallbackActivities:
     async def _post(
         self,
         url: str,
-        rows: list[dict],
+        rows: list[dict[str, Any]],
         signing: tuple[str, str],
-        inp: DeliverInput,  # type: ignore[type-arg]
+        inp: DeliverInput,
     ) -> str | None:
         """None on a 2xx within the timeout, else what went wrong."""
         try:

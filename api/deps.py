@@ -29,7 +29,7 @@ class Context:
 
 
 def get_context(request: Request) -> Context:
-    return request.app.state.context  # type: ignore[no-any-return]
+    return request.app.state.context
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -143,7 +143,7 @@ class Fleet:
             if delay > 0:
                 await asyncio.sleep(min(delay, 0.05))
                 continue
-            due = []
+            due: list[Any] = []
             while self._queue and self._queue[0][0] <= time.monotonic() and len(due) < 1000:
                 due.append(heapq.heappop(self._queue))
             self._inflight = due
@@ -214,7 +214,7 @@ def create_simulator_app(behaviour: Behaviour, report: Report) -> FastAPI:
     fleet = Fleet(behaviour, report)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(fleet.run_reporter())
         yield
         task.cancel()

@@ -16,9 +16,9 @@ class _Missing(ChainableUndefined):
         self._fail_with_undefined_error()
         return ""  # pragma: no cover
 
-    __repr__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
-    __iter__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
-    __len__ = ChainableUndefined._fail_with_undefined_error  # type: ignore[assignment]
+    __repr__ = ChainableUndefined._fail_with_undefined_error
+    __iter__ = ChainableUndefined._fail_with_undefined_error
+    __len__ = ChainableUndefined._fail_with_undefined_error
 
 
 _env = SandboxedEnvironment(undefined=_Missing, autoescape=False)

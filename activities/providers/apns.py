@@ -90,6 +90,8 @@ class ApnsProvider:
         of one push share an apns-collapse-id, so a resend replaces the unread notification."""
         self.credentials = credentials
         url = urlsplit(base_url or APNS_URLS[credentials.environment])
+        if not url.hostname:
+            raise ValueError(f"APNs base_url {base_url!r}: expected https://host[:port]")
         self._host, self._port, self._authority = url.hostname, url.port or 443, url.netloc
         self._tls = _tls_context(verify)
         self._token = ProviderToken(credentials, clock, token_lifetime)

@@ -105,8 +105,8 @@ def ingest_events(
                 "received_at": now,
             }
         by_push: dict[str, list[dict[str, Any]]] = {}
-        for r in rows.values():
-            by_push.setdefault(r["msg_id"], []).append(r)
+        for row in rows.values():
+            by_push.setdefault(row["msg_id"], []).append(row)
         inserted: set[str] = set()
         queued = 0
         for msg_id, mine in by_push.items():

@@ -42,14 +42,14 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
             raise NotFound("msg_id", f"no push {msg_id!r}")
         rows = session.execute(
             sa_select(
-                d.stage,
+                col(d.stage),
                 func.count(),
                 func.sum(case((col(d.status) == DeliveryStatus.sent.value, 1), else_=0)),
-                func.count(d.failed_at),
+                func.count(col(d.failed_at)),
                 func.sum(case((col(d.status) == DeliveryStatus.skipped.value, 1), else_=0)),
-                func.count(d.delivered_at),
-                func.count(d.displayed_at),
-                func.count(d.clicked_at),
+                func.count(col(d.delivered_at)),
+                func.count(col(d.displayed_at)),
+                func.count(col(d.clicked_at)),
             )
             .where(col(d.msg_id) == msg_id)
             .group_by(col(d.stage))
@@ -57,14 +57,14 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
         ).all()
         first = aliased(Delivery)
         added = session.execute(
-            sa_select(func.count(func.distinct(d.registration_id))).where(
+            sa_select(func.count(func.distinct(col(d.registration_id)))).where(
                 col(d.msg_id) == msg_id,
                 col(d.stage) > 0,
                 col(d.clicked_at).is_not(None),
                 ~exists().where(
-                    first.msg_id == msg_id,
-                    first.stage == 0,
-                    first.registration_id == d.registration_id,
+                    col(first.msg_id) == msg_id,
+                    col(first.stage) == 0,
+                    col(first.registration_id) == col(d.registration_id),
                     col(first.clicked_at).is_not(None),
                 ),
             )

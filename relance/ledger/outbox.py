@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from relance.callbacks import callback_row, callback_urls, next_attempt
 from relance.db import App, CallbackBatch, CallbackRow, Push, reading
@@ -55,9 +55,9 @@ def form_batches(engine: Engine, app_key: str, now: datetime, batch_size: int) -
     formed = 0
     with Session(engine) as session:
         pending = session.execute(
-            select(CallbackRow.id, CallbackRow.url)
-            .where(CallbackRow.app_key == app_key, CallbackRow.batch_id.is_(None))  # type: ignore[union-attr]
-            .order_by(CallbackRow.id)  # type: ignore[arg-type]
+            select(col(CallbackRow.id), col(CallbackRow.url))
+            .where(col(CallbackRow.app_key) == app_key, col(CallbackRow.batch_id).is_(None))
+            .order_by(col(CallbackRow.id))
             .limit(batch_size * 50)
         ).all()
         by_url: dict[str, list[int]] = {}
@@ -72,7 +72,9 @@ def form_batches(engine: Engine, app_key: str, now: datetime, batch_size: int) -
                 session.add(batch)
                 session.flush()
                 session.execute(
-                    update(CallbackRow).where(CallbackRow.id.in_(chunk)).values(batch_id=batch.id)  # type: ignore[union-attr]
+                    update(CallbackRow)
+                    .where(col(CallbackRow.id).in_(chunk))
+                    .values(batch_id=batch.id)
                 )
                 formed += 1
         session.commit()
@@ -84,9 +86,9 @@ def _with_rows(session: Session, query: Any) -> list[tuple[CallbackBatch, list[d
     rows: dict[int, list[dict[str, Any]]] = {b.id: [] for b in batches if b.id is not None}
     if rows:
         for batch_id, row in session.execute(
-            select(CallbackRow.batch_id, CallbackRow.row)
-            .where(CallbackRow.batch_id.in_(list(rows)))  # type: ignore[union-attr]
-            .order_by(CallbackRow.id)  # type: ignore[arg-type]
+            select(col(CallbackRow.batch_id), col(CallbackRow.row))
+            .where(col(CallbackRow.batch_id).in_(list(rows)))
+            .order_by(col(CallbackRow.id))
         ):
             rows[batch_id].append(row)
     return [(b, rows[b.id or 0]) for b in batches]
@@ -101,11 +103,11 @@ def due_batches(
             session,
             select(CallbackBatch)
             .where(
-                CallbackBatch.app_key == app_key,
-                CallbackBatch.state == CallbackBatchState.pending,
-                CallbackBatch.next_attempt_at <= utc(now),  # type: ignore[operator]
+                col(CallbackBatch.app_key) == app_key,
+                col(CallbackBatch.state) == CallbackBatchState.pending,
+                col(CallbackBatch.next_attempt_at) <= utc(now),
             )
-            .order_by(CallbackBatch.next_attempt_at)  # type: ignore[arg-type]
+            .order_by(col(CallbackBatch.next_attempt_at))
             .limit(limit),
         )
 
@@ -144,15 +146,16 @@ def next_due(engine: Engine, app_key: str) -> datetime | None:
     pending batch, else None (nothing to do)."""
     with Session(reading(engine)) as session:
         unbatched = session.execute(
-            select(CallbackRow.id)
-            .where(CallbackRow.app_key == app_key, CallbackRow.batch_id.is_(None))  # type: ignore[union-attr]
+            select(col(CallbackRow.id))
+            .where(col(CallbackRow.app_key) == app_key, col(CallbackRow.batch_id).is_(None))
             .limit(1)
         ).first()
         if unbatched is not None:
             return datetime.now(UTC)
         earliest = session.execute(
-            select(func.min(CallbackBatch.next_attempt_at)).where(
-                CallbackBatch.app_key == app_key, CallbackBatch.state == CallbackBatchState.pending
+            select(func.min(col(CallbackBatch.next_attempt_at))).where(
+                col(CallbackBatch.app_key) == app_key,
+                col(CallbackBatch.state) == CallbackBatchState.pending,
             )
         ).scalar_one_or_none()
     return utc(earliest) if earliest is not None else None
@@ -163,13 +166,15 @@ def apps_with_work(engine: Engine) -> list[str]:
     with Session(reading(engine)) as session:
         rows = set(
             session.execute(
-                select(CallbackRow.app_key).where(CallbackRow.batch_id.is_(None)).distinct()  # type: ignore[union-attr]
+                select(col(CallbackRow.app_key))
+                .where(col(CallbackRow.batch_id).is_(None))
+                .distinct()
             ).scalars()
         )
         batches = set(
             session.execute(
-                select(CallbackBatch.app_key)
-                .where(CallbackBatch.state == CallbackBatchState.pending)
+                select(col(CallbackBatch.app_key))
+                .where(col(CallbackBatch.state) == CallbackBatchState.pending)
                 .distinct()
             ).scalars()
         )
@@ -185,11 +190,11 @@ def dead_batches(
             session,
             select(CallbackBatch)
             .where(
-                CallbackBatch.app_key == app_key,
-                CallbackBatch.state == CallbackBatchState.dead,
-                CallbackBatch.id > after_id,  # type: ignore[operator]
+                col(CallbackBatch.app_key) == app_key,
+                col(CallbackBatch.state) == CallbackBatchState.dead,
+                col(CallbackBatch.id) > after_id,
             )
-            .order_by(CallbackBatch.id)  # type: ignore[arg-type]
+            .order_by(col(CallbackBatch.id))
             .limit(limit),
         )
 

@@ -230,7 +230,7 @@ def stage_counts(engine: Engine, msg_id: str, stage: int) -> dict[str, int]:
     """How many of the stage's deliveries are in each DeliveryStatus."""
     with Session(reading(engine)) as session:
         rows = session.execute(
-            sa_select(Delivery.status, func.count())
+            sa_select(col(Delivery.status), func.count())
             .where(col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage)
             .group_by(col(Delivery.status))
         ).all()
