@@ -8,13 +8,13 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
-from activities.providers.registry import ProviderRegistry
+from activities.providers.registry import ProviderRegistry, Router
 from relance import ledger
-from relance.content import render_stage
+from relance.content import RenderedContent, render_stage
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.ledger import outbox
-from relance.models import PushRequest, StageNotification
+from relance.models import PushRequest
 from relance.states import DeliveryStatus
 
 
@@ -42,6 +42,41 @@ class BatchReport:
     config_error: str | None = None
 
 
+class _StageContent:
+    """What one stage says to each recipient. Without a template, every recipient of a platform
+    gets the same content, rendered once."""
+
+    def __init__(self, request: PushRequest, stage: int) -> None:
+        self.request = request
+        resend = request.resend
+        self.changes = [s.notification for s in resend.stages[:stage]] if resend else []
+        self.templated = any(c.template for c in self.changes)
+        self._by_platform: dict[str, RenderedContent] = {}
+
+    def render(self, platform: str, attributes: dict[str, Any]) -> RenderedContent:
+        if self.templated:
+            return render_stage(self.request.body.notification, self.changes, platform, attributes)
+        if platform not in self._by_platform:
+            self._by_platform[platform] = render_stage(
+                self.request.body.notification, self.changes, platform, {}
+            )
+        return self._by_platform[platform]
+
+    def message(self, inp: SendStageInput, item: ledger.Outbound) -> OutboundMessage:
+        content = self.render(item.platform, item.attributes)
+        return OutboundMessage(
+            idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
+            msg_id=inp.msg_id,
+            stage=inp.stage,
+            registration_id=item.registration_id,
+            platform=item.platform,
+            title=content.title,
+            alert=content.alert,
+            extras=content.extras,
+            time_to_live=self.request.body.options.time_to_live,
+        )
+
+
 class JourneyActivities:
     def __init__(
         self,
@@ -49,56 +84,45 @@ class JourneyActivities:
         providers: dict[str, Provider],
         batch_size: int = 100,
         provider_options: dict[str, dict[str, Any]] | None = None,
+        pipeline: int = 4,
     ):
         self.engine = engine
         self.registry = ProviderRegistry(engine, providers, provider_options)
         self.batch_size = batch_size
+        # Pages with providers at once: the next page is claimed while earlier ones are sent.
+        self.pipeline = pipeline
 
     @activity.defn
     async def send_stage(self, inp: SendStageInput) -> SendStageResult:
-        """Send stage `inp.stage` to every queued recipient, batch by batch, from the checkpoint;
-        then, pass after pass, those a provider asked to try again later."""
+        """Send stage `inp.stage` to every queued recipient from the checkpoint, with up to
+        `pipeline` batches in flight; then, pass after pass, those a provider asked to try
+        again later."""
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
         if inp.stage > 0:
             await asyncio.to_thread(
                 ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
             )
-        changes = (
-            [s.notification for s in request.resend.stages[: inp.stage]] if request.resend else []
-        )
+        stage = _StageContent(request, inp.stage)
         route = await self.registry.router(push.app_key)
         details = activity.info().heartbeat_details
         cursor = _checkpoint(details[0]) if details else 0
-        config_error = None
+        report = BatchReport()
+        queued = 0
         while True:
-            retry_in: float | None = None
-            while True:
-                batch, last_id = await asyncio.to_thread(
-                    ledger.next_batch, self.engine, inp.msg_id, inp.stage, cursor, self.batch_size
-                )
-                if last_id is None:
-                    break
-                groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
-                for item in batch:
-                    provider = route(item.platform)
-                    groups.setdefault(id(provider), (provider, []))[1].append(item)
-                for provider, items in groups.values():
-                    messages = [self._message(inp, request, changes, item) for item in items]
-                    report = await self._send_batch(provider, inp, items, messages)
-                    config_error = config_error or report.config_error
-                    if report.retry_in is not None:
-                        retry_in = min(retry_in or report.retry_in, report.retry_in)
-                cursor = last_id
-                activity.heartbeat({"cursor": cursor})
+            pass_report, pass_queued = await self._send_pass(inp, stage, route, cursor)
+            report.config_error = report.config_error or pass_report.config_error
+            retry_in, queued = pass_report.retry_in, queued + pass_queued
             if retry_in is None:
                 break
             await _sleep_heartbeating(retry_in)
             cursor = 0  # the next pass finds exactly the deliveries still pending
             activity.heartbeat({"cursor": cursor})
-        await self._wake_callbacks(push.app_key)
-        counts = await asyncio.to_thread(ledger.stage_counts, self.engine, inp.msg_id, inp.stage)
-        progress = await asyncio.to_thread(ledger.progress, self.engine, inp.msg_id)
+        if queued or activity.info().attempt > 1:
+            await self._wake_callbacks(push.app_key)
+        counts, progress = await asyncio.to_thread(
+            ledger.stage_result, self.engine, inp.msg_id, inp.stage
+        )
         return SendStageResult(
             stage=inp.stage,
             targeted=sum(counts.values()),
@@ -106,8 +130,76 @@ class JourneyActivities:
             failed=counts.get(DeliveryStatus.failed, 0),
             skipped=counts.get(DeliveryStatus.skipped, 0),
             progress=progress,
-            config_error=config_error,
+            config_error=report.config_error,
         )
+
+    async def _send_pass(
+        self, inp: SendStageInput, stage: "_StageContent", route: Router, cursor: int
+    ) -> tuple[BatchReport, int]:
+        """One pass over the stage's open deliveries after `cursor`: claim a page, send it, and
+        claim the next while up to `pipeline` pages are with providers. The heartbeat's cursor
+        only moves past pages whose outcomes are recorded."""
+        report, queued = BatchReport(), 0
+        in_flight: list[tuple[int, asyncio.Task[tuple[BatchReport, int]]]] = []
+
+        async def settle(task: asyncio.Task[tuple[BatchReport, int]]) -> None:
+            nonlocal queued
+            done, rows_queued = await task
+            queued += rows_queued
+            report.config_error = report.config_error or done.config_error
+            if done.retry_in is not None:
+                report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
+
+        try:
+            exhausted = False
+            while not exhausted:
+                page = await asyncio.to_thread(
+                    ledger.claim_batch,
+                    self.engine,
+                    inp.msg_id,
+                    inp.stage,
+                    cursor,
+                    self.batch_size,
+                )
+                exhausted = page.exhausted or page.last_id is None
+                if page.last_id is not None:
+                    cursor = page.last_id
+                    task = asyncio.create_task(self._send_page(inp, stage, route, page.items))
+                    in_flight.append((cursor, task))
+                while len(in_flight) >= self.pipeline or (exhausted and in_flight):
+                    recorded_to, oldest = in_flight.pop(0)
+                    await settle(oldest)
+                    activity.heartbeat({"cursor": recorded_to})
+        finally:
+            for _, task in in_flight:  # cancelled or failed: let the others finish recording
+                if not task.done():
+                    await asyncio.wait([task])
+        return report, queued
+
+    async def _send_page(
+        self,
+        inp: SendStageInput,
+        stage: "_StageContent",
+        route: Router,
+        items: list[ledger.Outbound],
+    ) -> tuple[BatchReport, int]:
+        """Hand one claimed page to its providers and record every outcome."""
+        groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
+        for item in items:
+            provider = route(item.platform)
+            groups.setdefault(id(provider), (provider, []))[1].append(item)
+        report, rows = BatchReport(), []
+        for provider, mine in groups.values():
+            messages = [stage.message(inp, item) for item in mine]
+            done, provider_rows = await self._send_batch(provider, mine, messages)
+            rows += provider_rows
+            report.config_error = report.config_error or done.config_error
+            if done.retry_in is not None:
+                report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
+        queued = await asyncio.to_thread(
+            ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows
+        )
+        return report, queued
 
     async def _wake_callbacks(self, app_key: str) -> None:
         """The stage's sent/failed events wait in the outbox: wake the app's forwarder."""
@@ -118,38 +210,14 @@ class JourneyActivities:
         except Exception as exc:  # noqa: BLE001 — the API's sweep wakes it too
             activity.logger.info("callback forwarder of %s not woken: %s", app_key, exc)
 
-    @staticmethod
-    def _message(
-        inp: SendStageInput,
-        request: PushRequest,
-        changes: list[StageNotification],
-        item: ledger.Outbound,
-    ) -> OutboundMessage:
-        content = render_stage(request.body.notification, changes, item.platform, item.attributes)
-        return OutboundMessage(
-            idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
-            msg_id=inp.msg_id,
-            stage=inp.stage,
-            registration_id=item.registration_id,
-            platform=item.platform,
-            title=content.title,
-            alert=content.alert,
-            extras=content.extras,
-            time_to_live=request.body.options.time_to_live,
-        )
-
     async def _send_batch(
         self,
         provider: Provider,
-        inp: SendStageInput,
         batch: list[ledger.Outbound],
         messages: list[OutboundMessage],
-    ) -> BatchReport:
-        """Mark the batch as possibly sent, hand it to the provider, record each outcome."""
+    ) -> tuple[BatchReport, list[ledger.SendOutcomeRow]]:
+        """Hand a claimed batch to one provider; each outcome as a row to record."""
         pairs = list(zip(batch, messages, strict=True))
-        await asyncio.to_thread(
-            ledger.mark_sending, self.engine, {i.delivery_id: (m.title, m.alert) for i, m in pairs}
-        )
         taken = await self._already_received(provider, batch, messages)
         to_send = [m for m in messages if m.idempotency_key not in taken]
         outcomes = {o.registration_id: o for o in await provider.send(to_send)} if to_send else {}
@@ -176,10 +244,11 @@ class JourneyActivities:
                     error=outcome.error,
                     token_invalid=outcome.token_invalid,
                     retry_after=None if outcome.ok else outcome.retry_after,
+                    title=message.title,
+                    alert=message.alert,
                 )
             )
-        await asyncio.to_thread(ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows)
-        return report
+        return report, rows
 
     @staticmethod
     async def _already_received(

@@ -23,12 +23,13 @@ from relance.ledger.pushes import (
 )
 from relance.ledger.sending import (
     Outbound,
+    Page,
     SendOutcomeRow,
-    mark_sending,
-    next_batch,
+    claim_batch,
     record_outcomes,
     select_resend_audience,
     stage_counts,
+    stage_result,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "LedgerError",
     "NotFound",
     "Outbound",
+    "Page",
     "SendOutcomeRow",
     "accept_push",
     "authenticate",
@@ -52,9 +54,8 @@ __all__ = [
     "ingest_events",
     "invalidate_device",
     "list_events",
-    "mark_sending",
     "new_msg_id",
-    "next_batch",
+    "claim_batch",
     "progress",
     "provider_configs",
     "record_outcomes",
@@ -63,5 +64,6 @@ __all__ = [
     "set_provider",
     "set_state",
     "stage_counts",
+    "stage_result",
     "upsert_devices",
 ]

@@ -15,7 +15,10 @@ from relance.states import DeliveryStatus
 
 def progress(engine: Engine, msg_id: str) -> Progress:
     with Session(reading(engine)) as session:
-        push = session.get(Push, msg_id)
+        return progress_of(session.get(Push, msg_id))
+
+
+def progress_of(push: Push | None) -> Progress:
     if push is None:
         return Progress()
     return Progress(

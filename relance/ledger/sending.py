@@ -11,9 +11,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
+from relance.journey import Progress
 from relance.ledger._base import NotFound, chunks, insert_for
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
+from relance.ledger.funnel import progress_of
 from relance.ledger.transitions import apply_status, bump_counts
 from relance.models import EventStatus
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
@@ -60,18 +62,35 @@ class Outbound:
     resend: bool  # already marked "sending" by an attempt that may have reached the provider
 
 
-def next_batch(
-    engine: Engine, msg_id: str, stage: int, after_id: int, limit: int
-) -> tuple[list[Outbound], int | None]:
-    """The next deliveries to send after `after_id`, and the last id read (None at the end).
+@dataclass
+class Page:
+    items: list[Outbound]
+    last_id: int | None  # the last delivery read: where the next page starts (None: none read)
+    exhausted: bool  # fewer rows than asked for: nothing is left after `last_id`
 
-    Those that stopped matching, or whose device became invalid, are marked skipped."""
+
+def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: int) -> Page:
+    """The next deliveries to send after `after_id`, marked `sending` in the same transaction:
+    from here on they may reach devices, so a retry asks the provider before sending again.
+
+    Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
+    ORM objects: this runs once per batch of a million-recipient stage."""
     with Session(engine) as session:
-        push = session.get(Push, msg_id)
-        if push is None:
-            return [], None
-        rows = session.exec(
-            select(Delivery, Recipient, Device)
+        app_key = session.execute(
+            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
+        ).scalar_one_or_none()
+        if app_key is None:
+            return Page([], None, True)
+        rows = session.execute(
+            sa_select(
+                col(Delivery.id),
+                col(Delivery.registration_id),
+                col(Delivery.status),
+                col(Recipient.platform),
+                col(Recipient.stopped),
+                col(Device.valid),
+                col(Device.attributes),
+            )
             .join(
                 Recipient,
                 and_(
@@ -82,59 +101,40 @@ def next_batch(
             .join(
                 Device,
                 and_(
-                    col(Device.app_key) == push.app_key,
+                    col(Device.app_key) == app_key,
                     col(Device.registration_id) == col(Delivery.registration_id),
                 ),
                 isouter=True,
             )
             .where(
-                Delivery.msg_id == msg_id,
-                Delivery.stage == stage,
+                col(Delivery.msg_id) == msg_id,
+                col(Delivery.stage) == stage,
                 col(Delivery.id) > after_id,
                 col(Delivery.status).in_(OPEN_DELIVERIES),
             )
             .order_by(col(Delivery.id))
             .limit(limit)
         ).all()
-        out: list[Outbound] = []
+        items: list[Outbound] = []
         skipped: list[int] = []
-        for delivery, recipient, device in rows:
-            assert delivery.id is not None
-            if device is None or not device.valid or (stage > 0 and recipient.stopped):
-                skipped.append(delivery.id)
+        claimed: list[int] = []
+        for delivery_id, registration_id, status, platform, stopped, valid, attributes in rows:
+            if not valid or (stage > 0 and stopped):  # valid is None: the device is gone
+                skipped.append(delivery_id)
                 continue
-            out.append(
-                Outbound(
-                    delivery.id,
-                    delivery.registration_id,
-                    recipient.platform,
-                    dict(device.attributes or {}),
-                    delivery.status == DeliveryStatus.sending,
+            resend = status == DeliveryStatus.sending
+            if not resend:
+                claimed.append(delivery_id)
+            items.append(
+                Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
+            )
+        for ids, status in ((skipped, DeliveryStatus.skipped), (claimed, DeliveryStatus.sending)):
+            if ids:
+                session.execute(
+                    update(Delivery).where(col(Delivery.id).in_(ids)).values(status=status.value)
                 )
-            )
-        if skipped:
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.id).in_(skipped))
-                .values(status=DeliveryStatus.skipped.value)
-            )
-            session.commit()
-        return out, (rows[-1][0].id if rows else None)
-
-
-def mark_sending(engine: Engine, contents: dict[int, tuple[str | None, str]]) -> None:
-    """Record, before the provider call, that these deliveries may reach devices."""
-    with Session(engine) as session:
-        for delivery_id, (title, alert) in contents.items():
-            session.execute(
-                update(Delivery)
-                .where(
-                    col(Delivery.id) == delivery_id,
-                    col(Delivery.status) == DeliveryStatus.pending.value,
-                )
-                .values(status=DeliveryStatus.sending.value, title=title, alert=alert)
-            )
         session.commit()
+    return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 
 
 @dataclass
@@ -146,34 +146,40 @@ class SendOutcomeRow:
     token_invalid: bool = False
     # Not sent yet: back to pending, to be sent again after this many seconds.
     retry_after: float | None = None
+    # What the recipient was sent (or was to be sent), kept with the delivery.
+    title: str | None = None
+    alert: str | None = None
 
 
-def record_outcomes(
-    engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]
-) -> None:
-    """Record the provider's answers: sent; not yet (back to pending, for a later try); or
-    failed (a dead token also invalidates the device)."""
+def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]) -> int:
+    """Record the provider's answers, in bulk: sent; not yet (back to pending, for a later
+    try); or failed (a dead token also invalidates the device). Returns how many callback rows
+    were queued for the push's callback URLs."""
     now = utcnow()
-    later = [o.delivery_id for o in outcomes if not o.ok and o.retry_after is not None]
-    outcomes = [o for o in outcomes if o.ok or o.retry_after is None]
-    failed = [o for o in outcomes if not o.ok]
+    final = [o for o in outcomes if o.ok or o.retry_after is None]
+    failed = [o for o in final if not o.ok]
     with Session(engine) as session:
         push = session.get(Push, msg_id)
         if push is None:
             raise NotFound("msg_id", f"no push {msg_id!r}")
-        if later:
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.id).in_(later))
-                .values(status=DeliveryStatus.pending.value)
-            )
-        ok_ids = [o.delivery_id for o in outcomes if o.ok]
-        if ok_ids:
-            session.execute(
-                update(Delivery)
-                .where(col(Delivery.id).in_(ok_ids))
-                .values(status=DeliveryStatus.sent.value, sent_at=now)
-            )
+        rows = [
+            {
+                "id": o.delivery_id,
+                "title": o.title,
+                "alert": o.alert,
+                "status": (
+                    DeliveryStatus.sent
+                    if o.ok
+                    else DeliveryStatus.pending
+                    if o.retry_after is not None
+                    else DeliveryStatus.failed
+                ).value,
+                "sent_at": now if o.ok else None,
+            }
+            for o in outcomes
+        ]
+        if rows:
+            session.execute(update(Delivery), rows)  # bulk UPDATE by primary key
         events = [
             {
                 "event_id": event_key(msg_id, o.registration_id, stage, status),
@@ -185,10 +191,10 @@ def record_outcomes(
                 "error": None if o.ok else o.error,
                 "received_at": now,
             }
-            for o in outcomes
+            for o in final
             for status in (EventStatus.sent.value if o.ok else EventStatus.failed.value,)
         ]
-        store_events(session, push, events)
+        _, queued = store_events(session, push, events)
         counts: Counter[str] = Counter()
         if failed:
             deliveries = {
@@ -207,23 +213,33 @@ def record_outcomes(
                 )
             }
             for o in failed:
-                delivery = deliveries[o.delivery_id]
-                delivery.status = DeliveryStatus.failed.value
                 apply_status(
                     push.condition,
                     recipients[o.registration_id],
-                    delivery,
+                    deliveries[o.delivery_id],
                     EventStatus.failed,
                     now,
                     o.error,
                     counts,
                 )
-            for o in failed:
                 if o.token_invalid:
                     invalidate(session, push.app_key, o.registration_id, o.error)
         session.flush()
         bump_counts(session, msg_id, counts)
         session.commit()
+    return queued
+
+
+def stage_result(engine: Engine, msg_id: str, stage: int) -> tuple[dict[str, int], Progress]:
+    """The stage's deliveries by DeliveryStatus, and the push's progress, in one read."""
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            sa_select(col(Delivery.status), func.count())
+            .where(col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage)
+            .group_by(col(Delivery.status))
+        ).all()
+        push = session.get(Push, msg_id)
+        return {status: int(n) for status, n in rows}, progress_of(push)
 
 
 def stage_counts(engine: Engine, msg_id: str, stage: int) -> dict[str, int]:

@@ -71,11 +71,11 @@ def send(engine: Engine, msg_id: str, stage: int, dead: frozenset[str] = frozens
     """Send a stage as the send activity does; tokens in `dead` come back as unregistered."""
     sent, after = [], 0
     while True:
-        batch, last = ledger.next_batch(engine, msg_id, stage, after, 2)
-        if last is None:
+        page = ledger.claim_batch(engine, msg_id, stage, after, 2)
+        batch = page.items
+        if page.last_id is None:
             return sent
-        after = last
-        ledger.mark_sending(engine, {o.delivery_id: ("T", f"alert {stage}") for o in batch})
+        after = page.last_id
         ledger.record_outcomes(
             engine,
             msg_id,
@@ -87,11 +87,15 @@ def send(engine: Engine, msg_id: str, stage: int, dead: frozenset[str] = frozens
                     ok=o.registration_id not in dead,
                     error="Unregistered" if o.registration_id in dead else None,
                     token_invalid=o.registration_id in dead,
+                    title="T",
+                    alert=f"alert {stage}",
                 )
                 for o in batch
             ],
         )
         sent += [o.registration_id for o in batch if o.registration_id not in dead]
+        if page.exhausted:
+            return sent
 
 
 # ---- apps ---------------------------------------------------------------------------------
@@ -323,20 +327,20 @@ def test_batches_page_through_a_stage(engine: Engine, app: str) -> None:
         {"registration_id": "c"},
     )
     msg_id = push(engine, app, {"registration_id": ["a", "b", "c"]})
-    first, last = ledger.next_batch(engine, msg_id, 0, 0, 2)
-    assert [(o.registration_id, o.platform, o.resend) for o in first] == [
+    first = ledger.claim_batch(engine, msg_id, 0, 0, 2)
+    assert [(o.registration_id, o.platform, o.resend) for o in first.items] == [
         ("a", "android", False),
         ("b", "ios", False),
     ]
-    assert first[0].attributes == {"name": "Ann"}
-    assert last is not None
-    rest, last2 = ledger.next_batch(engine, msg_id, 0, last, 2)
-    assert [o.registration_id for o in rest] == ["c"]
-    assert ledger.next_batch(engine, msg_id, 0, last2 or 0, 2) == ([], None)
+    assert first.items[0].attributes == {"name": "Ann"}
+    assert first.last_id is not None and not first.exhausted
+    rest = ledger.claim_batch(engine, msg_id, 0, first.last_id, 2)
+    assert [o.registration_id for o in rest.items] == ["c"] and rest.exhausted
+    assert ledger.claim_batch(engine, msg_id, 0, rest.last_id or 0, 2).items == []
 
-    ledger.mark_sending(engine, {first[0].delivery_id: ("Hi", "Flash sale")})
-    again, _ = ledger.next_batch(engine, msg_id, 0, 0, 10)
-    assert [o.resend for o in again] == [True, False, False]  # a crash after marking: resend
+    # Claimed but never recorded (a crash mid-send): the next attempt sees them as resends.
+    again = ledger.claim_batch(engine, msg_id, 0, 0, 10)
+    assert [o.resend for o in again.items] == [True, True, True]
 
 
 def test_a_dead_token_invalidates_the_device(engine: Engine, app: str) -> None:
