@@ -60,13 +60,13 @@ class Status:
         if self.pre_alembic:
             return (
                 "the ledger was made by a release before schema migrations; run "
-                f"`{UPGRADE_COMMAND}` once (it keeps every row), then start again"
+                f"`{UPGRADE_COMMAND}` first (once; it keeps every row)"
             )
         if not self.is_current:
             what = "has no tables yet" if self.current is None else f"is at {self.current}"
             return (
                 f"the ledger {what}, {len(self.pending)} schema revision(s) behind {self.head}; "
-                f"run `{UPGRADE_COMMAND}`, then start again"
+                f"run `{UPGRADE_COMMAND}` first"
             )
         return None
 
@@ -82,14 +82,15 @@ class Upgraded:
 
     def describe(self) -> str:
         if self.stamped_baseline:
-            lead = f"recognised a ledger made before schema migrations; stamped it {BASELINE}"
+            lead = f"made before schema migrations: stamped as the baseline {BASELINE}, rows kept; "
         elif self.before is None:
-            lead = "empty ledger"
+            lead = "empty: "
         else:
-            lead = f"ledger at {self.before}"
+            lead = ""
         if not self.applied:
-            return f"{lead}; already at the newest revision {self.after}, nothing to apply"
-        return f"{lead}; applied {len(self.applied)} revision(s): {', '.join(self.applied)}"
+            return f"{lead}already at the newest revision {self.after}, nothing to do"
+        done = f"applied {len(self.applied)} revision(s) ({', '.join(self.applied)})"
+        return f"{lead}{done}; now at {self.after}"
 
 
 def config(connection: Connection | None = None) -> Config:
@@ -147,10 +148,16 @@ def pending(engine: Engine) -> list[str]:
     return status(engine).pending
 
 
-def ensure_current(engine: Engine) -> None:
+def ensure_current(target: Engine | str) -> None:
     """Raise `LedgerNotCurrent` unless the ledger is at this build's newest revision: the API
     and the worker never run on a schema they were not written for."""
-    if (problem := status(engine).problem()) is not None:
+    engine = make_engine(target) if isinstance(target, str) else target
+    try:
+        problem = status(engine).problem()
+    finally:
+        if isinstance(target, str):
+            engine.dispose()
+    if problem is not None:
         raise LedgerNotCurrent(problem)
 
 
