@@ -1,20 +1,21 @@
 """Alembic's environment for the ledger: runs the revisions on the connection that
 `relance.migrate` hands over, and compares against the SQLModel tables of `relance.db`."""
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
-from relance import db
+import relance.db  # noqa: F401 -- defines the ledger's tables on SQLModel.metadata
 
 config = context.config
 
 
-def render_item(kind: str, obj: Any, _context: AutogenContext) -> str | bool:
+def render_item(kind: str, obj: Any, _context: AutogenContext) -> str | Literal[False]:
     """Write sqlmodel's column types as the plain SQLAlchemy types they emit, so a revision
     states its DDL without depending on sqlmodel's internals (UTCDateTime only exists since
     sqlmodel 0.0.45); False lets Alembic render everything else itself."""
@@ -34,7 +35,7 @@ def skip_empty(_context: MigrationContext, _revision: Any, directives: list[Any]
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=db.SQLModel.metadata,
+        target_metadata=SQLModel.metadata,
         # Always batch: SQLite can only change a table by copying it, and batch operations are
         # plain ALTERs on PostgreSQL, so a revision generated on either database runs on both.
         render_as_batch=True,
