@@ -125,7 +125,7 @@ def _status(connection: Connection) -> Status:
     if current is not None and current not in {s.revision for s in _scripts().walk_revisions()}:
         return Status(current, newest, unknown=True)
     pre_alembic = current is None and bool(
-        set(inspect(connection).get_table_names()) & set(_BASELINE_COLUMNS)
+        set(inspect(connection).get_table_names()) & set(BASELINE_COLUMNS)
     )
     # Newest first, the lower end excluded; a pre-Alembic ledger already has the baseline.
     lower = BASELINE if pre_alembic else (current or "base")
@@ -167,7 +167,7 @@ def _check_pre_alembic(connection: Connection) -> None:
     found = inspect(connection)
     tables = set(found.get_table_names())
     missing = []
-    for table, columns in _BASELINE_COLUMNS.items():
+    for table, columns in BASELINE_COLUMNS.items():
         if table not in tables:
             missing.append(f"table {table}")
             continue
@@ -236,7 +236,7 @@ def revision(message: str, empty: bool = False) -> list[Path]:
 
 # The baseline's tables and columns, frozen: `_check_pre_alembic` compares an unversioned ledger
 # with them. tests/relance/test_migrations.py checks them against the baseline revision.
-_BASELINE_COLUMNS: dict[str, tuple[str, ...]] = {
+BASELINE_COLUMNS: dict[str, tuple[str, ...]] = {
     "app": (
         "app_key",
         "secret_hash",

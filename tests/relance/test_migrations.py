@@ -128,7 +128,7 @@ def every_row(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table the previous release had, its columns only, in key order."""
     rows = {}
     with engine.connect() as conn:
-        for table, columns in migrate._BASELINE_COLUMNS.items():
+        for table, columns in migrate.BASELINE_COLUMNS.items():
             key = columns[0]
             query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {key}"
             rows[table] = [tuple(r) for r in conn.exec_driver_sql(query)]
@@ -150,7 +150,7 @@ def test_the_baseline_is_the_previous_release_schema(blank: Engine) -> None:
     migrate.upgrade(blank, migrate.BASELINE)
     built = schema(blank)
     assert {t: tuple(c[0] for c in v["columns"]) for t, v in built.items()} == (
-        migrate._BASELINE_COLUMNS
+        migrate.BASELINE_COLUMNS
     )
     with blank.begin() as conn:
         for table in [*built, "alembic_version"]:
