@@ -10,7 +10,7 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # README* rather than README.md: pyproject names it as the readme, but the build must not depend on it.
-COPY pyproject.toml README* worker.py ./
+COPY pyproject.toml README* worker.py cli.py ./
 COPY relance ./relance
 COPY workflows ./workflows
 COPY activities ./activities

@@ -1,5 +1,5 @@
 """The `relance` command: the composition root that starts the parts (dev, worker, api,
-simulator), creates apps and runs the demo."""
+simulator), upgrades the ledger's schema, creates apps and runs the demo."""
 
 import asyncio
 import contextlib
@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from relance.migrate import LedgerNotCurrent
 from relance.settings import Settings, get_settings
 from relance.states import TERMINAL_STATES
 
@@ -27,6 +28,8 @@ main = typer.Typer(
 )
 app_cli = typer.Typer(help="Apps: the appKey:masterSecret pairs that call the API.")
 main.add_typer(app_cli, name="app")
+db_cli = typer.Typer(help="The ledger's schema: upgrade it, see where it stands, write revisions.")
+main.add_typer(db_cli, name="db")
 
 STATE_DIR = Path(".relance")
 DEV_APP_FILE = STATE_DIR / "dev-app.json"
@@ -34,6 +37,21 @@ DEV_APP_FILE = STATE_DIR / "dev-app.json"
 
 def _log() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Alembic's INFO lines ("Will assume non-transactional DDL") mislead: relance.migrate runs in
+    # its own transaction, and `relance db upgrade` says what it did.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _refuse(command: str, exc: LedgerNotCurrent) -> typer.Exit:
+    """A command that will not run on this ledger says why and what to run, and exits 1."""
+    typer.echo(f"relance {command}: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _ledger_name(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app_cli.command("create")
@@ -41,10 +59,14 @@ def app_create(name: Annotated[str, typer.Option(help="A name for humans.")] = "
     """Create an app; print its appKey, masterSecret and the secret that signs its status
     callbacks (shown only here)."""
     from relance import ledger
-    from relance.db import create_tables, make_engine
+    from relance.db import make_engine
+    from relance.migrate import ensure_current
 
     engine = make_engine(get_settings().database_url)
-    create_tables(engine)
+    try:
+        ensure_current(engine)
+    except LedgerNotCurrent as exc:
+        raise _refuse("app create", exc) from None
     key, secret = ledger.create_app(engine, name)
     callback_secret = ledger.get_app(engine, key).callback_secret
     typer.echo(
@@ -52,13 +74,69 @@ def app_create(name: Annotated[str, typer.Option(help="A name for humans.")] = "
     )
 
 
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the ledger (RELANCE_DATABASE_URL) to this build's newest schema revision. An empty
+    database gets every table; a ledger made before migrations is stamped as the baseline, then
+    upgraded, keeping every row. Safe to run again, and from several places at once."""
+    from relance import migrate
+
+    url = get_settings().database_url
+    try:
+        done = migrate.upgrade(url)
+    except LedgerNotCurrent as exc:
+        raise _refuse("db upgrade", exc) from None
+    typer.echo(f"ledger {_ledger_name(url)}: {done.describe()}")
+
+
 @main.command("db-init")
 def db_init() -> None:
-    """Create the ledger's tables (RELANCE_DATABASE_URL) if they are missing."""
-    from relance.db import create_tables, make_engine
+    """The same as `relance db upgrade` (its name before schema migrations)."""
+    db_upgrade()
 
-    create_tables(make_engine(get_settings().database_url))
-    typer.echo("relance ledger tables ready")
+
+@db_cli.command("status")
+def db_status() -> None:
+    """Where the ledger stands: its revision, the newest, what an upgrade would apply. Exits 1
+    when the API and the worker would refuse to start on it."""
+    from relance import migrate
+    from relance.db import make_engine
+
+    url = get_settings().database_url
+    engine = make_engine(url)
+    try:
+        state = migrate.status(engine)
+    finally:
+        engine.dispose()
+    at = state.current or "no revision"
+    typer.echo(f"ledger {_ledger_name(url)}: at {at}, newest {state.head}")
+    if (problem := state.problem()) is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(1)
+
+
+@db_cli.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the change is for.")],
+    empty: Annotated[bool, typer.Option(help="A blank revision, e.g. to migrate data.")] = False,
+) -> None:
+    """For developers, in a source checkout: write the revision that brings the newest one to
+    the SQLModel tables of relance/db.py, into relance/migrations/versions/. Review it, then
+    commit it with the model change."""
+    from relance import migrate
+
+    written = migrate.revision(message, empty=empty)
+    if not written:
+        typer.echo("the models and the revisions agree: no revision written (--empty for one)")
+        return
+    # Autogenerate's output is not the project's style; ruff (a dev dependency) fixes that.
+    ruff = Path(sys.executable).parent / "ruff"
+    if ruff.exists():
+        files = [str(p) for p in written]
+        subprocess.run([str(ruff), "check", "--fix", "--quiet", *files], check=False)
+        subprocess.run([str(ruff), "format", "--quiet", *files], check=False)
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 @main.command()
@@ -67,8 +145,11 @@ def worker() -> None:
     import worker as worker_module
 
     _log()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(worker_module.main())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(worker_module.main())
+    except LedgerNotCurrent as exc:
+        raise _refuse("worker: not starting", exc) from None
 
 
 @main.command()
@@ -79,7 +160,11 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     from api.main import create_app
 
     _log()
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+    try:
+        app = create_app()
+    except LedgerNotCurrent as exc:
+        raise _refuse("api: not starting", exc) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @main.command()
@@ -184,14 +269,15 @@ def dev(
 ) -> None:
     """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
     worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
-    from relance import ledger
-    from relance.db import create_tables, make_engine
+    from relance import ledger, migrate
+    from relance.db import make_engine
 
     settings = get_settings()
     STATE_DIR.mkdir(exist_ok=True)
     key, secret = _dev_credentials(settings, create=True)
     engine = make_engine(settings.database_url)
-    create_tables(engine)
+    # On a laptop the ledger follows the code: what `relance db upgrade` does in a deployment.
+    typer.echo(f"ledger: {migrate.upgrade(engine).describe()}")
     ledger.create_app(engine, "dev", key, secret)
     env = {
         **os.environ,

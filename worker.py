@@ -10,7 +10,8 @@ from temporalio.worker import Worker
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
-from relance.db import create_tables, make_engine
+from relance.db import make_engine
+from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
 from workflows.callback_forwarder import CallbackForwarder
@@ -51,7 +52,8 @@ def build_worker(
     provider_options: dict[str, dict[str, Any]] | None = None,
 ) -> RelanceWorker:
     engine = make_engine(settings.database_url)
-    create_tables(engine)
+    # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
+    ensure_current(engine)
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
     journey = JourneyActivities(
         engine,
@@ -79,6 +81,9 @@ def build_worker(
 
 async def main(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
+    # Checked before connecting, so a ledger that is behind stops the worker at once instead of
+    # after Temporal answers.
+    ensure_current(settings.database_url)
     client: Client = await connect_temporal(settings)
     logging.getLogger("relance.worker").info(
         "worker on task queue %r at %s", settings.task_queue, settings.temporal_address

@@ -13,7 +13,8 @@ from api import errors
 from api.deps import Context
 from api.routes import callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
-from relance.db import create_tables, make_engine
+from relance.db import make_engine
+from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
 
@@ -30,7 +31,8 @@ class Health(BaseModel):
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
-    create_tables(engine)
+    # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
+    ensure_current(engine)
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
     context = Context(settings, engine, coalescer, client)
     if engine.dialect.name == "sqlite":

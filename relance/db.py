@@ -203,4 +203,6 @@ def reading(engine: Engine) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
+    """The tables straight from the models, with no schema version: only for throwaway test
+    ledgers. A real ledger changes shape through `relance.migrate.upgrade` alone."""
     SQLModel.metadata.create_all(engine)

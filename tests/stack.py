@@ -17,8 +17,8 @@ from temporalio.client import Client
 
 import worker as worker_module
 from api.main import create_app
-from relance import ledger
-from relance.db import create_tables, make_engine
+from relance import ledger, migrate
+from relance.db import make_engine
 from relance.settings import Settings
 from relance.simulator import Behaviour, Fleet, create_simulator_app, http_reporter
 
@@ -70,7 +70,7 @@ async def inprocess_stack(
         send_batch_size=4,
     )
     engine = make_engine(settings.database_url)
-    create_tables(engine)
+    migrate.upgrade(engine)  # as a deployment does: the API and worker refuse a bare ledger
     key, secret = ledger.create_app(engine, "test")
     sim_app = create_simulator_app(behaviour, http_reporter(settings.api_url, key, secret))
     async with (

@@ -40,6 +40,19 @@ def test_compose_runs_what_the_cli_offers() -> None:
     from cli import main
 
     text = (ROOT / "docker-compose.yml").read_text()
-    for command in ("api", "worker", "simulator", "db-init"):
-        assert f'"relance", "{command}"' in text
-        assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+    for command in (["api"], ["worker"], ["simulator"], ["db", "upgrade"]):
+        assert ", ".join(f'"{word}"' for word in ["relance", *command]) in text
+        assert CliRunner().invoke(main, [*command, "--help"]).exit_code == 0
+
+
+def test_api_and_workers_wait_for_the_schema_upgrade() -> None:
+    """The API and the workers start only once `relance db upgrade` has completed: they refuse
+    to run on a ledger that is behind."""
+    from ruamel.yaml import YAML  # what check-jsonschema reads the file with
+
+    services = YAML(typ="safe").load(ROOT / "docker-compose.yml")["services"]
+    assert services["relance-migrate"]["command"] == ["relance", "db", "upgrade"]
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["relance-migrate"] == {
+            "condition": "service_completed_successfully"
+        }

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from api.main import create_app
+from relance import migrate
 from relance.settings import Settings
 
 
@@ -14,7 +15,9 @@ def _has_example(schema: dict[str, Any], components: dict[str, Any]) -> bool:
 
 
 def test_every_route_has_a_worked_example(tmp_path: Path) -> None:
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}"))
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    migrate.upgrade(url)
+    app = create_app(Settings(database_url=url))
     spec = app.openapi()
     components = spec["components"]["schemas"]
     missing = []

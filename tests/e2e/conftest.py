@@ -19,9 +19,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from relance import ledger
+from relance import ledger, migrate
 from relance.binaries import temporal_cli
-from relance.db import create_tables, make_engine
+from relance.db import make_engine
 from tests.stack import free_port
 from workflows.push_journey import APP, MSG_ID, STATE
 
@@ -112,7 +112,7 @@ def relance_stack(
     api_port, sim_port = free_port(), free_port()
     db_url = f"sqlite:///{tmp / 'ledger.db'}"
     engine = make_engine(db_url)
-    create_tables(engine)
+    migrate.upgrade(engine)  # as a deployment does: the API and worker refuse a bare ledger
     key, secret = ledger.create_app(engine, "e2e")
     stack = Stack(
         f"http://127.0.0.1:{api_port}",

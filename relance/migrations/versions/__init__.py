@@ -1,0 +1,1 @@
+"""The ledger's schema revisions, one module each, applied in order by `relance db upgrade`."""

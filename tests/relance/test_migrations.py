@@ -1,0 +1,213 @@
+"""Schema migrations on SQLite and PostgreSQL: the revisions build exactly the models' schema,
+a ledger of the last release before migrations (frozen in previous_release/*.sql) is stamped
+and upgraded with every row kept, and a ledger that is behind or ahead is named as such."""
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, make_url, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from relance import ledger, migrate
+from relance.db import make_engine
+
+PREVIOUS_RELEASE = Path(__file__).parent / "previous_release"
+SECRET = "previous-release-master-secret-0123456789"
+# sha256(SECRET): how the last release before migrations stored a master secret.
+SECRET_HASH = "8afccb9b10cdc4f7700be940ec20bcee2901c6f312d09174fe8a6b5bd059d250"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database of its own: on PostgreSQL a new database in the session's cluster."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+        yield engine
+        engine.dispose()
+        return
+    url = make_url(request.getfixturevalue("postgres_url"))
+    name = f"migrations_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine = make_engine(url.set(database=name).render_as_string(hide_password=False))
+    yield engine
+    engine.dispose()
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"DROP DATABASE {name}"))
+    admin.dispose()
+
+
+def differences(engine: Engine) -> list[Any]:
+    """What Alembic's autogenerate would write to bring this database to the models."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(context, SQLModel.metadata))
+
+
+def schema(engine: Engine) -> dict[str, Any]:
+    """Tables, columns (type, nullability, default), keys, indexes and unique constraints."""
+    found = inspect(engine)
+    tables: dict[str, Any] = {}
+    for table in sorted(set(found.get_table_names()) - {"alembic_version"}):
+        tables[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in found.get_columns(table)
+            ],
+            "primary_key": found.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in found.get_indexes(table)
+            ),
+            "unique": sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(table)),
+        }
+    return tables
+
+
+def create_previous_release_ledger(engine: Engine) -> None:
+    ddl = (PREVIOUS_RELEASE / f"{engine.dialect.name}.sql").read_text()
+    with engine.begin() as conn:
+        for statement in ddl.split(";"):
+            lines = [line for line in statement.splitlines() if not line.startswith("--")]
+            if "".join(lines).strip():
+                conn.exec_driver_sql("\n".join(lines))
+
+
+# One row or more in every table, in plain SQL against the frozen schema: the models may change,
+# the rows a previous release wrote do not.
+ROWS = [
+    "INSERT INTO app (app_key, secret_hash, name, provider, created_at, callback_urls, "
+    "callback_username, callback_secret) VALUES ('shop', :secret_hash, 'Shop', 'simulator', "
+    "'2026-01-02 03:04:05.000006', '[\"https://shop.example/cb\"]', 'shop', 'cb-secret-012')",
+    "INSERT INTO providerconfig (app_key, provider, platforms, credentials, updated_at) VALUES "
+    "('shop', 'fcm', '[\"android\"]', '{\"project_id\": \"shop-123\"}', '2026-01-02 03:04:05')",
+    "INSERT INTO device (app_key, registration_id, platform, tags, alias, attributes, valid, "
+    "invalid_reason, updated_at) VALUES ('shop', 'rid-1', 'android', '[\"vip\"]', 'ann', "
+    "'{\"interests\": [\"Sports\"]}', TRUE, NULL, '2026-01-02 03:04:05'), ('shop', 'dead-2', "
+    "'ios', '[]', NULL, '{}', FALSE, 'Unregistered', '2026-01-02 03:04:06')",
+    "INSERT INTO push (msg_id, app_key, request_id, request, condition, stage_count, state, "
+    "error, recipients, created_at, seq, n_delivered, n_displayed, n_clicked, n_failed, "
+    "n_stopped) VALUES ('1795429543454486250', 'shop', 'req-1', '{\"from\": \"push\"}', "
+    "'not_clicked', 2, 'waiting', NULL, 2, '2026-01-02 03:04:05', 3, 1, 1, 1, 1, 2)",
+    "INSERT INTO recipient (msg_id, registration_id, platform, delivered_at, displayed_at, "
+    "clicked_at, failed_at, error, stopped) VALUES ('1795429543454486250', 'rid-1', 'android', "
+    "'2026-01-02 03:05:00', '2026-01-02 03:06:00', '2026-01-02 03:07:00', NULL, NULL, TRUE), "
+    "('1795429543454486250', 'dead-2', 'ios', NULL, NULL, NULL, '2026-01-02 03:05:00', "
+    "'Unregistered', TRUE)",
+    "INSERT INTO delivery (msg_id, stage, registration_id, status, title, alert, sent_at, "
+    "delivered_at, displayed_at, clicked_at, failed_at, error) VALUES ('1795429543454486250', 0, "
+    "'rid-1', 'sent', 'Promotion', 'Flash sale', '2026-01-02 03:04:30', '2026-01-02 03:05:00', "
+    "'2026-01-02 03:06:00', '2026-01-02 03:07:00', NULL, NULL), ('1795429543454486250', 0, "
+    "'dead-2', 'failed', 'Promotion', 'Flash sale', NULL, NULL, NULL, NULL, "
+    "'2026-01-02 03:05:00', 'Unregistered')",
+    "INSERT INTO statusevent (event_id, msg_id, registration_id, stage, status, at, error, "
+    "received_at) VALUES ('ev-clicked', '1795429543454486250', 'rid-1', 0, 'clicked', "
+    "'2026-01-02 03:07:00', NULL, '2026-01-02 03:07:01'), ('ev-failed', '1795429543454486250', "
+    "'dead-2', 0, 'failed', '2026-01-02 03:05:00', 'Unregistered', '2026-01-02 03:05:01')",
+    "INSERT INTO callbackbatch (app_key, url, state, rows, attempts, next_attempt_at, last_error, "
+    "created_at, delivered_at) VALUES ('shop', 'https://shop.example/cb', 'dead', 1, 6, "
+    "'2026-01-02 04:00:00', 'HTTP 500', '2026-01-02 03:07:02', NULL)",
+    "INSERT INTO callbackrow (app_key, url, event_id, msg_id, row, batch_id, created_at) VALUES "
+    "('shop', 'https://shop.example/cb', 'ev-clicked', '1795429543454486250', "
+    '\'{"message_id": "1795429543454486250", "event_id": "ev-clicked"}\', 1, '
+    "'2026-01-02 03:07:01'), ('shop', 'https://shop.example/cb', 'ev-failed', "
+    "'1795429543454486250', '{\"event_id\": \"ev-failed\"}', NULL, '2026-01-02 03:05:01')",
+]
+
+
+def every_row(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table the previous release had, its columns only, in key order."""
+    rows = {}
+    with engine.connect() as conn:
+        for table, columns in migrate.BASELINE_COLUMNS.items():
+            key = columns[0]
+            query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {key}"
+            rows[table] = [tuple(r) for r in conn.exec_driver_sql(query)]
+    return rows
+
+
+def test_the_revisions_build_the_models_schema(blank: Engine) -> None:
+    assert not migrate.is_current(blank)
+    assert migrate.pending(blank) == [migrate.BASELINE]
+    done = migrate.upgrade(blank)
+    assert done.before is None and done.applied == [migrate.BASELINE] and not done.stamped_baseline
+    assert migrate.is_current(blank) and migrate.pending(blank) == []
+    assert differences(blank) == []
+
+
+def test_the_baseline_is_the_previous_release_schema(blank: Engine) -> None:
+    """Column for column, index for index: what the last release's create_all made (frozen)
+    and what the baseline revision makes are the same schema."""
+    migrate.upgrade(blank, migrate.BASELINE)
+    built = schema(blank)
+    assert {t: tuple(c[0] for c in v["columns"]) for t, v in built.items()} == (
+        migrate.BASELINE_COLUMNS
+    )
+    with blank.begin() as conn:
+        for table in [*built, "alembic_version"]:
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+    create_previous_release_ledger(blank)
+    assert schema(blank) == built
+
+
+def test_a_previous_release_ledger_is_stamped_and_upgraded_keeping_every_row(
+    blank: Engine,
+) -> None:
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    before = every_row(blank)
+    assert all(before.values()), "every table has rows"
+    status = migrate.status(blank)
+    assert status.pre_alembic and status.current is None
+    assert "relance db upgrade" in (status.problem() or "")
+
+    done = migrate.upgrade(blank)
+
+    assert done.stamped_baseline and done.after == migrate.head()
+    assert migrate.is_current(blank)
+    assert every_row(blank) == before
+    assert ledger.authenticate(blank, "shop", SECRET) is not None
+    assert ledger.authenticate(blank, "shop", "not-the-secret") is None
+    assert differences(blank) == []
+    again = migrate.upgrade(blank)
+    assert again.applied == [] and not again.stamped_baseline
+    assert every_row(blank) == before
+
+
+def test_a_ledger_older_than_the_baseline_is_refused(blank: Engine) -> None:
+    """Some relance tables and no version: stamping it would claim columns it lacks."""
+    with blank.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE app (app_key VARCHAR(64) PRIMARY KEY)")
+    with pytest.raises(migrate.LedgerNotCurrent, match="secret_hash"):
+        migrate.upgrade(blank)
+    assert "alembic_version" not in inspect(blank).get_table_names()
+
+
+def test_behind_and_ahead_are_named(blank: Engine) -> None:
+    with pytest.raises(migrate.LedgerNotCurrent, match="relance db upgrade"):
+        migrate.ensure_current(blank)
+    migrate.upgrade(blank)
+    migrate.ensure_current(blank)
+    with blank.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    with pytest.raises(migrate.LedgerNotCurrent, match="newer relance"):
+        migrate.ensure_current(blank)
+    with pytest.raises(migrate.LedgerNotCurrent, match="newer relance"):
+        migrate.upgrade(blank)
+
+
+def test_there_is_nothing_to_write_while_models_and_revisions_agree() -> None:
+    """`relance db revision` on an unchanged model writes no file (and one revision chain)."""
+    assert migrate.revision("nothing changed") == []
+    assert migrate.head()
