@@ -15,7 +15,7 @@ from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.ledger import outbox
 from relance.models import PushRequest
-from relance.states import DeliveryStatus
+from relance.states import OPEN_DELIVERIES, DeliveryStatus
 
 
 async def _sleep_heartbeating(seconds: float) -> None:
@@ -109,11 +109,12 @@ class JourneyActivities:
         cursor = _checkpoint(details[0]) if details else 0
         report = BatchReport()
         queued = 0
+        retry_in: float | None = None
         while True:
             pass_report, pass_queued = await self._send_pass(inp, stage, route, cursor)
             report.config_error = report.config_error or pass_report.config_error
             retry_in, queued = pass_report.retry_in, queued + pass_queued
-            if retry_in is None:
+            if retry_in is None or inp.one_pass:
                 break
             await _sleep_heartbeating(retry_in)
             cursor = 0  # the next pass finds exactly the deliveries still pending
@@ -129,6 +130,8 @@ class JourneyActivities:
             sent=counts.get(DeliveryStatus.sent, 0),
             failed=counts.get(DeliveryStatus.failed, 0),
             skipped=counts.get(DeliveryStatus.skipped, 0),
+            pending=sum(counts.get(s, 0) for s in OPEN_DELIVERIES),
+            retry_in=retry_in if inp.one_pass else None,
             progress=progress,
             config_error=report.config_error,
         )

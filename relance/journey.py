@@ -30,6 +30,9 @@ class JourneyPlan(BaseModel):
     stage_offsets_seconds: list[float] = Field(default_factory=list)
     # Temporal caps a run at 10,000 signals; the journey continues-as-new well before.
     signals_per_run: int = Field(5_000, ge=1, le=9_000)
+    # A few known devices: each stage is first tried as a local activity, inside the workflow
+    # task, which saves a round of activity and workflow tasks per stage.
+    local_send: bool = False
 
 
 class StageCounts(BaseModel):
@@ -74,10 +77,19 @@ class JourneyStatus(BaseModel):
 class SendStageInput(BaseModel):
     msg_id: str
     stage: int
+    # When the stage was due (workflow time): what its lateness is measured against.
+    scheduled_at: datetime | None = None
+    # A local activity's attempt: one pass, no waiting out a provider's Retry-After (what is
+    # still pending is left to a regular activity, which may wait as long as it takes).
+    one_pass: bool = False
 
 
 class SendStageResult(StageCounts):
     stage: int
+    # Deliveries still open (a provider asked to try later): only a one-pass send leaves any,
+    # with the wait the provider asked for.
+    pending: int = 0
+    retry_in: float | None = None
     progress: Progress
     # A provider's configuration is wrong (credentials, topic...): what a human must fix.
     config_error: str | None = None
@@ -119,17 +131,24 @@ class JourneyResult(BaseModel):
     funnel: Funnel
 
 
+# Up to this many devices, a stage fits in a local activity: one provider batch, well within
+# a workflow task's timeout.
+LOCAL_SEND_MAX = 50
+
+
 def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
     """The journey plan of an accepted push request (timing from relance.schedule)."""
     from relance.schedule import stage_offsets
 
     resend = request.resend
+    ids = request.to.registration_id if request.to != "all" else None
     return JourneyPlan(
         msg_id=msg_id,
         app_key=app_key,
         condition=resend.trigger.condition if resend else None,
         within_seconds=resend.trigger.within.total_seconds() if resend else 0,
         stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
+        local_send=ids is not None and len(ids) <= LOCAL_SEND_MAX,
     )
 
 

@@ -60,6 +60,7 @@ class Fleet:
         self.report = report
         self.received: Counter[tuple[str, int, str]] = Counter()
         self.seen_keys: set[str] = set()
+        self.busy_answered: set[tuple[str, int, str]] = set()
         self.contents: dict[tuple[str, int, str], tuple[str | None, str]] = {}
         self.fates: dict[tuple[str, int, str], list[str]] = {}
         self.reported: Counter[tuple[str, int, str]] = Counter()
@@ -94,6 +95,17 @@ class Fleet:
         now = time.monotonic()
         for m in messages:
             key = (m.msg_id, m.stage, m.registration_id)
+            if m.registration_id.startswith("busy-") and key not in self.busy_answered:
+                self.busy_answered.add(key)  # the provider is busy once: try again in a minute
+                results.append(
+                    {
+                        "registration_id": m.registration_id,
+                        "ok": False,
+                        "error": "busy, try again later",
+                        "retry_after": 60.0,
+                    }
+                )
+                continue
             self.received[key] += 1
             if m.registration_id.startswith("dead-"):
                 results.append(

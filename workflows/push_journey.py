@@ -11,6 +11,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
 )
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
@@ -22,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyStatus,
         Progress,
         SendStageInput,
+        SendStageResult,
         StageSummary,
     )
     from relance.states import JourneyState
@@ -35,6 +37,10 @@ SEND_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=1),
     non_retryable_error_types=["NotFound"],
 )
+
+
+# A local attempt fails over to a regular activity quickly rather than holding the task.
+LOCAL_SEND_RETRY = RetryPolicy(maximum_attempts=2, non_retryable_error_types=["NotFound"])
 
 
 def search_attributes(msg_id: str, app_key: str, state: JourneyState) -> TypedSearchAttributes:
@@ -105,7 +111,7 @@ class PushJourney:
         if self._next_stage == 0 and not self._cancelled:
             self._set_state(JourneyState.sending)
             sent_at = workflow.now()
-            await self._send(0, sent_at)
+            await self._send(0, sent_at, plan.local_send)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds
         assert sent_at is not None
@@ -127,7 +133,7 @@ class PushJourney:
             if waited is Wait.stop:
                 break
             self._set_state(JourneyState.resending)
-            await self._send(stage, self._next_stage_at)
+            await self._send(stage, self._next_stage_at, plan.local_send)
             self._next_stage = stage + 1
         self._next_stage, self._next_stage_at = None, None
         final = (
@@ -146,15 +152,24 @@ class PushJourney:
         self._set_state(final)
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
 
-    async def _send(self, stage: int, scheduled_at: datetime) -> None:
+    async def _send(self, stage: int, scheduled_at: datetime, local: bool) -> None:
         started = workflow.now()
-        result = await workflow.execute_activity_method(
-            JourneyActivities.send_stage,
-            SendStageInput(msg_id=self._msg_id, stage=stage),
-            start_to_close_timeout=timedelta(hours=2),
-            heartbeat_timeout=timedelta(seconds=15),
-            retry_policy=SEND_RETRY,
-        )
+        inp = SendStageInput(msg_id=self._msg_id, stage=stage, scheduled_at=scheduled_at)
+        result = None
+        if local and workflow.patched("local-small-stages"):
+            result = await self._send_locally(inp)
+            if result is not None and result.pending:
+                if result.retry_in:  # a provider asked to wait: a durable timer, not a busy task
+                    await workflow.sleep(timedelta(seconds=result.retry_in))
+                result = None  # the regular activity sends what is left
+        if result is None:
+            result = await workflow.execute_activity_method(
+                JourneyActivities.send_stage,
+                inp,
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(seconds=15),
+                retry_policy=SEND_RETRY,
+            )
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
@@ -169,6 +184,19 @@ class PushJourney:
                 skipped=result.skipped,
             )
         )
+
+    async def _send_locally(self, inp: SendStageInput) -> SendStageResult | None:
+        """One pass of a small stage inside this workflow task; None when the local attempts
+        failed (the regular activity resumes the same claims, so nobody gets it twice)."""
+        try:
+            return await workflow.execute_local_activity_method(
+                JourneyActivities.send_stage,
+                inp.model_copy(update={"one_pass": True}),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=LOCAL_SEND_RETRY,
+            )
+        except ActivityError:
+            return None
 
     async def _wait_until(self, until: datetime) -> Wait:
         """Sleep until `until`, waking early to stop or to continue-as-new."""

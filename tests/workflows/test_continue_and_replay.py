@@ -62,9 +62,12 @@ async def test_journey_continues_as_new_and_keeps_its_schedule(
     replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
     for history in histories:
         await replayer.replay_workflow(history)
-    if os.environ.get("RELANCE_RECORD_HISTORIES"):
-        for name, history in zip(("news-continued", "news-final"), histories, strict=True):
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+    # RELANCE_RECORD_HISTORIES=news-local records news-local-continued.json and
+    # news-local-final.json: a new name for each new path, so older histories stay.
+    prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
+    if prefix:
+        for name, history in zip(("continued", "final"), histories, strict=True):
+            (HISTORIES / f"{prefix}-{name}.json").write_text(history.to_json())
 
 
 async def _continued(handle: object) -> bool:
