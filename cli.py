@@ -237,7 +237,7 @@ def _wait_port(port: int, timeout: float = 60) -> None:
 
 
 def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -> list[str]:
-    from relance.binaries import SEARCH_ATTRIBUTES, temporal_cli
+    from relance.binaries import DEV_SERVER_SQLITE_PRAGMAS, SEARCH_ATTRIBUTES, temporal_cli
 
     cmd = [
         temporal_cli(),
@@ -256,6 +256,8 @@ def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -
     ]
     for name in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{name}=Keyword"]
+    for pragma in DEV_SERVER_SQLITE_PRAGMAS:
+        cmd += ["--sqlite-pragma", pragma]
     return cmd
 
 
