@@ -16,10 +16,12 @@ phase: --idle for --profile-seconds, then without --idle as long again, and thre
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ class Side:
     url: str
     headers: dict[str, str]
     path: str
+
+    def workflow_id(self, answer: dict[str, str]) -> str:
+        return answer["workflow_id"] if self.name == "peer" else f"push-{answer['msg_id']}"
 
     def body(self, token: str) -> dict[str, object]:
         if self.name == "peer":
@@ -67,6 +72,9 @@ class Result:
     accept: list[float]
     stage0: list[float]
     errors: int
+    elapsed: float
+    cpu: dict[str, float]
+    workflow_id: str
 
     def lines(self, name: str) -> list[str]:
         ms = [x * 1000 for x in self.accept]
@@ -78,13 +86,20 @@ class Result:
             f"max {max(ms):6.0f} ms",
             f"           POST -> provider p50 {pct(s0, 0.5):5.2f} s  p99 {pct(s0, 0.99):5.2f} s  "
             f"max {max(s0):5.2f} s",
+            "           CPU ms per push: "
+            + ", ".join(f"{k} {1000 * v / self.pushes:.1f}" for k, v in self.cpu.items())
+            + f"; cores busy {sum(self.cpu.values()) / self.elapsed:.2f} of 2",
         ]
 
 
-async def measure(side: Side, fcm: str, run_name: str, n: int, concurrency: int) -> Result:
+async def measure(
+    run: harness.Run, side: Side, fcm: str, run_name: str, n: int, concurrency: int
+) -> Result:
+    cpu = run.cpu()
     tokens = [f"{run_name}:{i:06d}" for i in range(n)]
     sent: dict[str, tuple[float, float]] = {}
     errors = 0
+    last_id = ""
     todo = iter(tokens)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -93,28 +108,50 @@ async def measure(side: Side, fcm: str, run_name: str, n: int, concurrency: int)
     ) as http:
 
         async def client() -> None:
-            nonlocal errors
+            nonlocal errors, last_id
             for token in todo:
                 began = time.monotonic()
                 async with http.post(side.path, json=side.body(token)) as response:
-                    await response.read()
+                    answer = await response.read()
                     if response.status != 200:
                         errors += 1
-                        print(f"  {side.name}: {response.status} {await response.text()}")
+                        print(f"  {side.name}: {response.status} {answer[:300]!r}")
+                    else:
+                        last_id = side.workflow_id(json.loads(answer))
                 sent[token] = (began, time.monotonic())
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     await harness.wait_arrivals(fcm, run_name, n - errors)
     arrived = await harness.arrivals(fcm, run_name)
+    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
     first = min(b for b, _ in sent.values())
+    elapsed = max(arrived.values()) - first
     return Result(
         n,
-        len(arrived) / (max(arrived.values()) - first),
+        len(arrived) / elapsed,
         n / (max(e for _, e in sent.values()) - first),
         [e - b for b, e in sent.values()],
         [arrived[t] - sent[t][0] for t in arrived],
         errors,
+        elapsed,
+        {k: v for k, v in used.items() if v >= 0.05},
+        last_id,
     )
+
+
+async def history(address: str, workflow_id: str) -> str:
+    """What one push costs Temporal up to its wait: events by type in its history so far."""
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import Client
+
+    try:
+        client = await Client.connect(address)
+        events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
+    except Exception as exc:  # a figure on the side: never lose the run's numbers to it
+        return f"unavailable ({exc!r})"
+    kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in events)
+    shown = ", ".join(f"{k.lower()} {n}" for k, n in kinds.most_common())
+    return f"{len(events)} events ({shown})"
 
 
 async def profile(run: harness.Run, out: Path, seconds: int) -> None:
@@ -167,7 +204,7 @@ async def main(args: argparse.Namespace) -> None:
             ids = [f"{name}:{i:06d}" for name in names for i in range(args.pushes)]
             await harness.register(http, ids, [])
         for name, side in sides.items():
-            await measure(side, fcm, f"warm{name}", args.warmup, args.concurrency)
+            await measure(run, side, fcm, f"warm{name}", args.warmup, args.concurrency)
         results: dict[str, list[Result]] = {"peer": [], "relance": []}
         for r in range(args.rounds):
             order = ["peer", "relance"] if r % 2 == 0 else ["relance", "peer"]
@@ -177,11 +214,14 @@ async def main(args: argparse.Namespace) -> None:
                     spying = asyncio.create_task(profile(run, args.profile, args.profile_seconds))
                 print(f"round {r}: {name}, {args.pushes} pushes", flush=True)
                 results[name].append(
-                    await measure(sides[name], fcm, f"r{r}{name}", args.pushes, args.concurrency)
+                    await measure(
+                        run, sides[name], fcm, f"r{r}{name}", args.pushes, args.concurrency
+                    )
                 )
                 if spying:
                     await spying
         peaks = dict(run.peaks)
+        journeys = {name: await history(address, results[name][0].workflow_id) for name in sides}
     ratios = [
         o.provider_rate / p.provider_rate
         for o, p in zip(results["relance"], results["peer"], strict=True)
@@ -200,6 +240,8 @@ async def main(args: argparse.Namespace) -> None:
         for r, res in enumerate(results[name]):
             for line in res.lines(f"{name}#{r}"):
                 print(line)
+    for name, text in journeys.items():
+        print(f"history of one {name} push, as it waits for a click: {text}")
     print("peak RSS MB: " + ", ".join(f"{n} {v:.0f}" for n, v in peaks.items()))
 
 

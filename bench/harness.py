@@ -69,6 +69,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), load avg {load}"
@@ -147,6 +156,11 @@ class Run:
             thread.join()
 
         self.stack.callback(stop)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each process of the run, and by this bench itself."""
+        used = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
+        return {**used, "bench": cpu_seconds(os.getpid())}
 
     def rss(self, name: str) -> float:
         return rss_mb(self.procs[name].pid)
