@@ -89,12 +89,14 @@ async def main(args: argparse.Namespace) -> None:
                 },
             }
             print(f"push to a tag of {n} devices", flush=True)
+            cpu = run.cpu()
             began = time.monotonic()
             async with http.post("/v4/push", json=body) as response:
                 assert response.status == 200, await response.text()
             post = time.monotonic() - began
             await harness.wait_arrivals(fcm, "fan", n, timeout=args.timeout)
             done = await harness.run_summary(fcm, "fan")
+            used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
             after = {name: run.rss(name) for name in ("api", "worker")}
             peaks = dict(run.peaks)
             raw_after = await raw_loop(fcm, "raw2", n)
@@ -116,6 +118,11 @@ async def main(args: argparse.Namespace) -> None:
         f"after {raw_after:.0f})"
     )
     print(f"  POST /v4/push: {post * 1000:.0f} ms")
+    print(
+        "  CPU ms per 1,000 sends: "
+        + ", ".join(f"{k} {1e6 * v / n:.0f}" for k, v in used.items() if v >= 0.05)
+        + f"; cores busy {sum(used.values()) / (done['last'] - began):.2f} of 2"
+    )
     print(
         "  RSS MB peak: "
         + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
