@@ -7,7 +7,10 @@ to a raw aiohttp loop (50 in flight) to the same fake FCM, in the same run.
 The raw loop runs before and after relance; the ratio is relance's sends/s over their mean.
 relance's rate is N / (POST sent -> last arrival at the fake). Also: the POST's latency, the
 delay to the first arrival, and the API's and the worker's RSS (peak, and after the send).
-Goal: 100,000 devices by tag at >= 0.8x the raw loop, on SQLite and on PostgreSQL."""
+Goal: 100,000 devices by tag at >= 0.8x the raw loop, on SQLite and on PostgreSQL.
+
+--profile DIR records the API and the worker with py-spy from the POST on (as
+bench_small_pushes.py does; the send must last twice --profile-seconds)."""
 
 import argparse
 import asyncio
@@ -89,6 +92,11 @@ async def main(args: argparse.Namespace) -> None:
                 },
             }
             print(f"push to a tag of {n} devices", flush=True)
+            spying = None
+            if args.profile:
+                spying = asyncio.create_task(
+                    harness.py_spy(run, args.profile, args.profile_seconds)
+                )
             cpu = run.cpu()
             began = time.monotonic()
             async with http.post("/v4/push", json=body) as response:
@@ -97,6 +105,8 @@ async def main(args: argparse.Namespace) -> None:
             await harness.wait_arrivals(fcm, "fan", n, timeout=args.timeout)
             done = await harness.run_summary(fcm, "fan")
             used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
+            if spying:
+                await spying
             after = {name: run.rss(name) for name in ("api", "worker")}
             peaks = dict(run.peaks)
             raw_after = await raw_loop(fcm, "raw2", n)
@@ -139,4 +149,6 @@ if __name__ == "__main__":
     parser.add_argument("--temporal-pragmas", choices=sorted(harness.PRAGMAS), default="default")
     parser.add_argument("--batch-size", type=int, default=100, help="RELANCE_SEND_BATCH_SIZE")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
+    parser.add_argument("--profile-seconds", type=int, default=10)
     asyncio.run(main(parser.parse_args()))

@@ -154,37 +154,6 @@ async def history(address: str, workflow_id: str) -> str:
     return f"{len(events)} events ({shown})"
 
 
-async def profile(run: harness.Run, out: Path, seconds: int) -> None:
-    """py-spy on the API and the worker: with idle time, then without, plus three dumps."""
-    spy = str(Path(sys.executable).parent / "py-spy")
-    out.mkdir(parents=True, exist_ok=True)
-    pids = {n: run.procs[n].pid for n in ("api", "worker")}
-
-    async def record(name: str, pid: int, idle: bool) -> None:
-        tag = "idle" if idle else "busy"
-        cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
-        cmd += ["--threads", "--format", "raw", "-o", str(out / f"{name}-{tag}.txt")]
-        proc = await asyncio.create_subprocess_exec(
-            *cmd + (["--idle"] if idle else []),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await proc.wait()
-
-    async def dumps() -> None:
-        for i in range(3):
-            await asyncio.sleep(seconds / 4)
-            for name, pid in pids.items():
-                proc = await asyncio.create_subprocess_exec(
-                    spy, "dump", "--pid", str(pid), "--nonblocking", stdout=asyncio.subprocess.PIPE
-                )
-                text, _ = await proc.communicate()
-                (out / f"{name}-dump-{i}.txt").write_bytes(text)
-
-    await asyncio.gather(dumps(), *(record(n, p, True) for n, p in pids.items()))
-    await asyncio.gather(*(record(n, p, False) for n, p in pids.items()))
-
-
 async def main(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-small-")))
@@ -211,7 +180,9 @@ async def main(args: argparse.Namespace) -> None:
             for name in order:
                 spying = None
                 if name == "relance" and args.profile and r == 0:
-                    spying = asyncio.create_task(profile(run, args.profile, args.profile_seconds))
+                    spying = asyncio.create_task(
+                        harness.py_spy(run, args.profile, args.profile_seconds)
+                    )
                 print(f"round {r}: {name}, {args.pushes} pushes", flush=True)
                 results[name].append(
                     await measure(

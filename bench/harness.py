@@ -306,3 +306,40 @@ async def naive_peer(run: Run, temporal_address: str, fcm_url: str) -> str:
             if time.monotonic() > deadline:
                 raise RuntimeError("naive peer api not healthy after 60 s")
             await asyncio.sleep(0.2)
+
+
+async def py_spy(run: Run, out: Path, seconds: int) -> None:
+    """py-spy on the API and the worker: with idle time, then without, plus three dumps."""
+    spy = str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    pids = {n: run.procs[n].pid for n in ("api", "worker")}
+
+    async def record(name: str, pid: int, idle: bool) -> None:
+        tag = "idle" if idle else "busy"
+        cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking"]
+        cmd += ["--threads", "--format", "raw", "-o", str(out / f"{name}-{tag}.txt")]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd + (["--idle"] if idle else []),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+
+    async def dumps() -> None:
+        for i in range(3):
+            await asyncio.sleep(seconds / 4)
+            for name, pid in pids.items():
+                proc = await asyncio.create_subprocess_exec(
+                    spy,
+                    "dump",
+                    "--pid",
+                    str(pid),
+                    "--nonblocking",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                text, _ = await proc.communicate()
+                (out / f"{name}-dump-{i}.txt").write_bytes(text)
+
+    await asyncio.gather(dumps(), *(record(n, p, True) for n, p in pids.items()))
+    await asyncio.gather(*(record(n, p, False) for n, p in pids.items()))
