@@ -146,7 +146,11 @@ async def history(address: str, workflow_id: str) -> str:
 
     try:
         client = await Client.connect(address)
-        events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
+        for _ in range(100):  # until the journey has reached its wait (a timer)
+            events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
+            if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events):
+                break
+            await asyncio.sleep(0.2)
     except Exception as exc:  # a figure on the side: never lose the run's numbers to it
         return f"unavailable ({exc!r})"
     kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in events)
