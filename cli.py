@@ -236,7 +236,10 @@ def _wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -> list[str]:
+def temporal_dev_command(
+    db_file: Path, port: int = 7233, ui_port: int = 8233, pragmas: tuple[str, ...] | None = None
+) -> list[str]:
+    """The dev server as `relance dev` runs it; `pragmas` None: DEV_SERVER_SQLITE_PRAGMAS."""
     from relance.binaries import DEV_SERVER_SQLITE_PRAGMAS, SEARCH_ATTRIBUTES, temporal_cli
 
     cmd = [
@@ -256,7 +259,7 @@ def temporal_dev_command(db_file: Path, port: int = 7233, ui_port: int = 8233) -
     ]
     for name in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{name}=Keyword"]
-    for pragma in DEV_SERVER_SQLITE_PRAGMAS:
+    for pragma in DEV_SERVER_SQLITE_PRAGMAS if pragmas is None else pragmas:
         cmd += ["--sqlite-pragma", pragma]
     return cmd
 

@@ -1,0 +1,232 @@
+"""Small pushes end to end: N pushes of one device each, C concurrent POSTs, time until stage 0
+reaches the provider; relance next to the naive peer (bench/naive_peer.py), both on the same
+Temporal dev server and the same fake FCM, in the same run.
+
+    .venv/bin/python bench/bench_small_pushes.py --pushes 1000 --concurrency 20 \\
+        --temporal-pragmas default|wal [--rounds 2] [--profile bench/profiles/raw]
+
+Per side: pushes/s to the provider (N / from the first POST to the last arrival at the fake),
+accepted/s (N / from the first POST to the last answer), the POST's latency, and the latency
+from a POST to its message's arrival. Rounds alternate which side goes first; the ratio
+relance/peer is the median of the rounds' ratios. Goal: ratio >= 2, POST p99 <= 100 ms.
+
+--profile DIR records the API and the worker with py-spy during relance's first measured
+phase: --idle for --profile-seconds, then without --idle as long again, and three
+`py-spy dump`s; bench/profile_summary.py turns the raw files into markdown."""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import pct  # noqa: E402
+
+TITLE, ALERT, RESEND = "Promotion 618", "Flash sale: best sellers almost gone", "Last chance"
+
+
+@dataclass
+class Side:
+    name: str
+    url: str
+    headers: dict[str, str]
+    path: str
+
+    def workflow_id(self, answer: dict[str, str]) -> str:
+        return answer["workflow_id"] if self.name == "peer" else f"push-{answer['msg_id']}"
+
+    def body(self, token: str) -> dict[str, object]:
+        if self.name == "peer":
+            return {"token": token, "title": TITLE, "alert": ALERT, "resend_alert": RESEND}
+        return {  # the same journey: wait 2 h for a click, resend once to whoever did not
+            "from": "push",
+            "to": {"registration_id": [token]},
+            "body": {
+                "platform": "android",
+                "notification": {"android": {"title": TITLE, "alert": ALERT}},
+            },
+            "request_id": token,
+            "resend": {
+                "trigger": {"condition": "not_clicked", "within": "2h"},
+                "stages": [{"after": "1s", "notification": {"alert": RESEND}}],
+            },
+        }
+
+
+@dataclass
+class Result:
+    pushes: int
+    provider_rate: float
+    accept_rate: float
+    accept: list[float]
+    stage0: list[float]
+    errors: int
+    elapsed: float
+    cpu: dict[str, float]
+    workflow_id: str
+
+    def lines(self, name: str) -> list[str]:
+        ms = [x * 1000 for x in self.accept]
+        s0 = self.stage0
+        return [
+            f"  {name:8} {self.provider_rate:6.1f} pushes/s to the provider, "
+            f"{self.accept_rate:6.1f} accepted/s, errors {self.errors}",
+            f"           POST p50 {pct(ms, 0.5):6.0f} ms  p99 {pct(ms, 0.99):6.0f} ms  "
+            f"max {max(ms):6.0f} ms",
+            f"           POST -> provider p50 {pct(s0, 0.5):5.2f} s  p99 {pct(s0, 0.99):5.2f} s  "
+            f"max {max(s0):5.2f} s",
+            "           CPU ms per push: "
+            + ", ".join(f"{k} {1000 * v / self.pushes:.1f}" for k, v in self.cpu.items())
+            + f"; cores busy {sum(self.cpu.values()) / self.elapsed:.2f} of 2",
+        ]
+
+
+async def measure(
+    run: harness.Run, side: Side, fcm: str, run_name: str, n: int, concurrency: int
+) -> Result:
+    cpu = run.cpu()
+    tokens = [f"{run_name}:{i:06d}" for i in range(n)]
+    sent: dict[str, tuple[float, float]] = {}
+    errors = 0
+    last_id = ""
+    todo = iter(tokens)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        side.url, headers=side.headers, connector=connector, timeout=timeout
+    ) as http:
+
+        async def client() -> None:
+            nonlocal errors, last_id
+            for token in todo:
+                began = time.monotonic()
+                async with http.post(side.path, json=side.body(token)) as response:
+                    answer = await response.read()
+                    if response.status != 200:
+                        errors += 1
+                        print(f"  {side.name}: {response.status} {answer[:300]!r}")
+                    else:
+                        last_id = side.workflow_id(json.loads(answer))
+                sent[token] = (began, time.monotonic())
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    await harness.wait_arrivals(fcm, run_name, n - errors)
+    arrived = await harness.arrivals(fcm, run_name)
+    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
+    first = min(b for b, _ in sent.values())
+    elapsed = max(arrived.values()) - first
+    return Result(
+        n,
+        len(arrived) / elapsed,
+        n / (max(e for _, e in sent.values()) - first),
+        [e - b for b, e in sent.values()],
+        [arrived[t] - sent[t][0] for t in arrived],
+        errors,
+        elapsed,
+        {k: v for k, v in used.items() if v >= 0.05},
+        last_id,
+    )
+
+
+async def history(address: str, workflow_id: str) -> str:
+    """What one push costs Temporal up to its wait: events by type in its history so far."""
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import Client
+
+    try:
+        client = await Client.connect(address)
+        for _ in range(100):  # until the journey has reached its wait (a timer)
+            events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
+            if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events):
+                break
+            await asyncio.sleep(0.2)
+    except Exception as exc:  # a figure on the side: never lose the run's numbers to it
+        return f"unavailable ({exc!r})"
+    kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in events)
+    shown = ", ".join(f"{k.lower()} {n}" for k, n in kinds.most_common())
+    return f"{len(events)} events ({shown})"
+
+
+async def main(args: argparse.Namespace) -> None:
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-small-")))
+        run = harness.Run(tmp, stack)
+        address = await harness.temporal(run, args.temporal_pragmas)
+        fcm = harness.fake_fcm(run)
+        ours = await harness.relance(run, address, f"sqlite:///{tmp / 'ledger.db'}", fcm)
+        peer_url = await harness.naive_peer(run, address, fcm)
+        run.sample_rss(["api", "worker", "peer_api", "peer_worker"])
+        auth = harness.basic_auth(ours.app_key, ours.master_secret)
+        sides = {
+            "peer": Side("peer", peer_url, {}, "/push"),
+            "relance": Side("relance", ours.url, auth, "/v4/push"),
+        }
+        names = [f"r{r}{s}" for r in range(args.rounds) for s in ("relance",)] + ["warmrelance"]
+        async with ours.session() as http:
+            ids = [f"{name}:{i:06d}" for name in names for i in range(args.pushes)]
+            await harness.register(http, ids, [])
+        for name, side in sides.items():
+            await measure(run, side, fcm, f"warm{name}", args.warmup, args.concurrency)
+        results: dict[str, list[Result]] = {"peer": [], "relance": []}
+        for r in range(args.rounds):
+            order = ["peer", "relance"] if r % 2 == 0 else ["relance", "peer"]
+            for name in order:
+                spying = None
+                if name == "relance" and args.profile and r == 0:
+                    spying = asyncio.create_task(
+                        harness.py_spy(run, args.profile, args.profile_seconds)
+                    )
+                print(f"round {r}: {name}, {args.pushes} pushes", flush=True)
+                results[name].append(
+                    await measure(
+                        run, sides[name], fcm, f"r{r}{name}", args.pushes, args.concurrency
+                    )
+                )
+                if spying:
+                    await spying
+        peaks = dict(run.peaks)
+        journeys = {name: await history(address, results[name][0].workflow_id) for name in sides}
+    ratios = [
+        o.provider_rate / p.provider_rate
+        for o, p in zip(results["relance"], results["peer"], strict=True)
+    ]
+    print()
+    print(
+        f"RATIO relance/peer, pushes/s to the provider: {statistics.median(ratios):.2f} "
+        f"(per round {[round(x, 2) for x in ratios]}; goal >= 2)"
+    )
+    print(
+        f"small pushes: {args.pushes} pushes of one device, {args.concurrency} concurrent POSTs, "
+        f"temporal pragmas {args.temporal_pragmas}, {args.rounds} round(s)"
+    )
+    print(f"machine: {harness.machine()}")
+    for name in ("relance", "peer"):
+        for r, res in enumerate(results[name]):
+            for line in res.lines(f"{name}#{r}"):
+                print(line)
+    for name, text in journeys.items():
+        print(f"history of one {name} push, as it waits for a click: {text}")
+    print("peak RSS MB: " + ", ".join(f"{n} {v:.0f}" for n, v in peaks.items()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pushes", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--temporal-pragmas", choices=sorted(harness.PRAGMAS), default="wal")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
+    parser.add_argument("--profile-seconds", type=int, default=20)
+    asyncio.run(main(parser.parse_args()))
