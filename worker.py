@@ -5,7 +5,8 @@ import logging
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
@@ -75,6 +76,9 @@ def build_worker(
         task_queue=settings.task_queue,
         workflows=[PushJourney, CallbackForwarder],
         activities=[journey.send_stage, journey.finish_journey, callbacks.deliver_callbacks],
+        workflow_runner=(
+            SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+        ),
     )
     return RelanceWorker(worker, journey, callbacks)
 

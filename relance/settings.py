@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     callback_allowed_networks: list[str] = []
     # Worker-side options per provider client, e.g. {"webpush": {"max_in_flight": 100}}.
     provider_options: dict[str, dict[str, Any]] = {}
+    # Temporal's workflow sandbox re-imports a workflow's module for every run: about 30% of the
+    # worker's CPU per small push (bench/bench_small_pushes.py). relance's workflows import only
+    # deterministic modules, and the suite replays every recorded history inside the sandbox
+    # (tests/workflows/test_continue_and_replay.py), so the worker runs them without it unless
+    # this is set.
+    workflow_sandbox: bool = False
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

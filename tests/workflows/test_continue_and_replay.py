@@ -9,6 +9,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from api.journeys import start_journey
 from relance import ledger
@@ -59,7 +60,13 @@ async def test_journey_continues_as_new_and_keeps_its_schedule(
         await first.fetch_history(),
         await time_env.client.get_workflow_handle(handle.id).fetch_history(),
     ]
-    replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        # In the sandbox, which the worker skips for speed: a non-deterministic call on any
+        # recorded path fails here.
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
     for history in histories:
         await replayer.replay_workflow(history)
     # RELANCE_RECORD_HISTORIES=news-local records news-local-continued.json and
@@ -78,7 +85,13 @@ async def _continued(handle: object) -> bool:
 async def test_recorded_histories_replay_on_the_current_code() -> None:
     files = sorted(HISTORIES.glob("*.json"))
     assert files, "no recorded histories: run with RELANCE_RECORD_HISTORIES=1 once"
-    replayer = Replayer(workflows=[PushJourney], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        # In the sandbox, which the worker skips for speed: a non-deterministic call on any
+        # recorded path fails here.
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
     for path in files:
         history = WorkflowHistory.from_json(f"push-{path.stem}", path.read_text())
         await replayer.replay_workflow(history)
