@@ -1,10 +1,16 @@
 """Coalesces status events into few signals: after each commit the API marks the push (and its
 app); every interval it signals each marked journey once with the ledger's absolute counts, and
 wakes each marked app's callback forwarder. A sweep re-wakes every forwarder with work waiting,
-so a wake lost to a crash costs delay, never a callback."""
+so a wake lost to a crash costs delay, never a callback.
+
+No journey gets more than one signal per second, whatever the interval: a journey signalled
+less than MIN_SIGNAL_GAP_SECONDS ago stays marked until its gap has passed (Temporal advises
+under ~5 signals per second per workflow; the interval only sets how soon the first one goes)."""
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -16,18 +22,29 @@ from relance.ledger import outbox
 
 log = logging.getLogger("relance.api.signals")
 
+MIN_SIGNAL_GAP_SECONDS = 1.0
+
 
 class SignalCoalescer:
     def __init__(
-        self, engine: Engine, interval: float, task_queue: str, sweep_seconds: float = 30
+        self,
+        engine: Engine,
+        interval: float,
+        task_queue: str,
+        sweep_seconds: float = 30,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         self.interval = interval
         self.task_queue = task_queue
         self.sweep_seconds = sweep_seconds
         self.client: Client | None = None
         self._dirty: set[str] = set()
         self._apps: set[str] = set()
+        # When each journey's last signal was sent (after the send: the gap is measured from
+        # its arrival at the latest); forgotten once the gap has passed.
+        self._last: dict[str, float] = {}
 
     def mark(self, msg_ids: set[str]) -> None:
         self._dirty |= msg_ids
@@ -38,7 +55,10 @@ class SignalCoalescer:
     async def flush(self) -> None:
         if self.client is None:
             return
-        batch, self._dirty = self._dirty, set()
+        now = self.clock()
+        self._last = {m: t for m, t in self._last.items() if now - t < MIN_SIGNAL_GAP_SECONDS}
+        batch = {m for m in self._dirty if m not in self._last}
+        self._dirty -= batch
         apps, self._apps = self._apps, set()
         await asyncio.gather(*(self._signal(m) for m in batch), *(self._wake(a) for a in apps))
 
@@ -66,6 +86,8 @@ class SignalCoalescer:
             )
         except Exception as exc:  # noqa: BLE001 — a lost signal costs freshness, never correctness
             log.info("signal to push-%s not delivered: %s", msg_id, exc)
+        finally:
+            self._last[msg_id] = self.clock()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

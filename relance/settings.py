@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     temporal_ui_url: str = "http://localhost:8233"
     api_url: str = "http://127.0.0.1:8000"
     simulator_url: str = "http://127.0.0.1:8100"
-    # How long the API gathers status events of one push before signalling its journey.
+    # How long the API gathers status events of one push before signalling its journey; a
+    # journey never gets more than one signal per second (api/signals.py) whatever this is.
     signal_interval_seconds: float = 0.5
     send_batch_size: int = Field(100, ge=1, le=1000)
     # Status callbacks: EngageLab's retry schedule (10 s, 1 min, 5 min, 30 min, 1 h), the

@@ -7,19 +7,31 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Push, Recipient, StatusEvent, reading, utcnow
 from relance.ledger import outbox
-from relance.ledger._base import LedgerError, NotFound, chunks, insert_for
+from relance.ledger._base import LedgerError, NotFound, insert_for
 from relance.ledger.devices import invalidate
-from relance.ledger.transitions import apply_status, bump_counts
+from relance.ledger.transitions import (
+    DELIVERY_STATE,
+    RECIPIENT_STATE,
+    advance,
+    bump_counts,
+    first_stamps,
+    stamp_deliveries,
+    write_recipients,
+)
 from relance.models import EventStatus, StatusEventIn
 from relance.states import DeliveryStatus
 
 # Deliveries an event without a stage may belong to: the latest one that may have been sent.
 _MAYBE_SENT = (DeliveryStatus.sent, DeliveryStatus.sending)
+_RECIPIENT = Recipient.__table__  # type: ignore[attr-defined]
+_EVENT = StatusEvent.__table__  # type: ignore[attr-defined]
 
 
 def event_key(msg_id: str, registration_id: str, stage: int, status: str) -> str:
@@ -43,7 +55,12 @@ def ingest_events(
     invalid_tokens: dict[str, str] | None = None,
 ) -> IngestResult:
     """Store a batch of status events idempotently and apply them, all in one transaction;
-    `invalid_tokens` (registration_id: reason) are devices a relay reported dead."""
+    `invalid_tokens` (registration_id: reason) are devices a relay reported dead.
+
+    Set-based: rows, never an ORM object per event. The batch's recipients are read once (and
+    locked, on PostgreSQL, so that concurrent batches on the same recipients count each first
+    transition once); the new events are folded through the one rule (`transitions.advance`)
+    in memory, then written with a few bulk statements."""
     now = utcnow()
     with Session(engine) as session:
         msg_ids = {e.msg_id for e in events}
@@ -55,14 +72,21 @@ def ingest_events(
             if push is None or push.app_key != app_key:
                 raise NotFound(f"events[{i}].msg_id", f"no push {e.msg_id!r} for this app")
         registration_ids = {e.registration_id for e in events}
-        recipients = {
-            (r.msg_id, r.registration_id): r
-            for r in session.exec(
-                select(Recipient).where(
-                    col(Recipient.msg_id).in_(msg_ids),
-                    col(Recipient.registration_id).in_(registration_ids),
-                )
+        query = (
+            sa_select(
+                *(_RECIPIENT.c[c] for c in ("id", "msg_id", "registration_id", *RECIPIENT_STATE))
             )
+            .where(
+                _RECIPIENT.c.msg_id.in_(msg_ids),
+                _RECIPIENT.c.registration_id.in_(registration_ids),
+            )
+            .order_by(_RECIPIENT.c.id)  # one locking order for every batch: no deadlock
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        recipients = {
+            (row["msg_id"], row["registration_id"]): dict(row)
+            for row in session.execute(query).mappings()
         }
         for i, e in enumerate(events):
             if (e.msg_id, e.registration_id) not in recipients:
@@ -70,23 +94,11 @@ def ingest_events(
                     f"events[{i}].registration_id",
                     f"{e.registration_id!r} is not a recipient of push {e.msg_id!r}",
                 )
-        deliveries = {
-            (d.msg_id, d.registration_id, d.stage): d
-            for d in session.exec(
-                select(Delivery).where(
-                    col(Delivery.msg_id).in_(msg_ids),
-                    col(Delivery.registration_id).in_(registration_ids),
-                )
-            )
-        }
+        latest_sent = _latest_sent(session, [e for e in events if e.stage is None])
 
-        # An event without a stage counts for the latest stage sent to that device.
-        latest_sent: dict[tuple[str, str], int] = {}
-        for (m, r, s), d in deliveries.items():
-            if d.status in _MAYBE_SENT and s > latest_sent.get((m, r), -1):
-                latest_sent[(m, r)] = s
-
-        rows: dict[str, dict[str, Any]] = {}  # by event_id: duplicates inside one batch go
+        # By event_id: a repeat inside one batch changes nothing, as a repeat in a later batch
+        # does; the first of them is the one stored and applied.
+        rows: dict[str, dict[str, Any]] = {}
         for e in events:
             stage = (
                 e.stage
@@ -94,6 +106,8 @@ def ingest_events(
                 else latest_sent.get((e.msg_id, e.registration_id), 0)
             )
             key = event_key(e.msg_id, e.registration_id, stage, e.status.value)
+            if key in rows:
+                continue
             rows[key] = {
                 "event_id": key,
                 "msg_id": e.msg_id,
@@ -112,43 +126,68 @@ def ingest_events(
         for msg_id, mine in by_push.items():
             new, rows_queued = store_events(session, pushes[msg_id], mine)
             inserted, queued = inserted | new, queued + rows_queued
+
+        # Fold the new events, in batch order, through the rule: recipients from their stored
+        # state, deliveries from empty (the database keeps what they already had).
         counts: dict[str, Counter[str]] = {m: Counter() for m in by_push}
+        changed: dict[tuple[str, str], dict[str, Any]] = {}
+        deliveries: dict[tuple[str, str, int], dict[str, Any]] = {}
+        stamps: dict[tuple[str, str, int], dict[str, Any]] = {}
         for row in rows.values():
             if row["event_id"] not in inserted:
                 continue
-            key2 = (row["msg_id"], row["registration_id"])
-            apply_status(
-                pushes[row["msg_id"]].condition,
-                recipients[key2],
-                deliveries.get((*key2, row["stage"])),
-                EventStatus(row["status"]),
-                row["at"],
-                row["error"],
-                counts[row["msg_id"]],
-            )
+            m, r, stage = row["msg_id"], row["registration_id"], row["stage"]
+            status, at, error = EventStatus(row["status"]), row["at"], row["error"]
+            state = recipients[(m, r)]
+            if advance(pushes[m].condition, state, status, at, error, counts[m]):
+                changed[(m, r)] = state
+            empty = deliveries.setdefault((m, r, stage), dict.fromkeys(DELIVERY_STATE))
+            stamped = first_stamps(empty, status, at, error)
+            empty.update(stamped)
+            stamps.setdefault((m, r, stage), {}).update(stamped)
+        write_recipients(session, changed.values())
+        stamp_deliveries(session, stamps)
         for registration_id, reason in (invalid_tokens or {}).items():
             invalidate(session, app_key, registration_id, reason)
-        session.flush()
-        for msg_id, moved in counts.items():
-            bump_counts(session, msg_id, moved)
+        for msg_id in sorted(counts):  # one locking order for the pushes too
+            bump_counts(session, msg_id, counts[msg_id])
         session.commit()
         return IngestResult(len(inserted), len(events) - len(inserted), set(by_push), queued)
+
+
+def _latest_sent(session: Session, events: list[StatusEventIn]) -> dict[tuple[str, str], int]:
+    """For events without a stage: the latest stage that may have been sent to each device."""
+    if not events:
+        return {}
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    query = (
+        sa_select(table.c.msg_id, table.c.registration_id, func.max(table.c.stage))
+        .where(
+            table.c.msg_id.in_({e.msg_id for e in events}),
+            table.c.registration_id.in_({e.registration_id for e in events}),
+            table.c.status.in_([s.value for s in _MAYBE_SENT]),
+        )
+        .group_by(table.c.msg_id, table.c.registration_id)
+    )
+    return {(m, r): int(stage) for m, r, stage in session.execute(query)}
 
 
 def store_events(
     session: Session, push: Push, events: list[dict[str, Any]]
 ) -> tuple[set[str], int]:
     """Insert status events, ignoring ones already stored; queue the new ones for callbacks.
-    Returns the event_ids that were new and how many callback rows were queued."""
-    inserted: set[str] = set()
-    for chunk in chunks(events, 500):
-        stmt = (
-            insert_for(session)(StatusEvent)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(col(StatusEvent.event_id))
-        )
-        inserted.update(session.execute(stmt).scalars())
+    Returns the event_ids that were new and how many callback rows were queued.
+
+    One executemany on the table (SQLAlchemy batches it into multi-row INSERTs from one cached
+    statement), not a VALUES list compiled afresh for every batch."""
+    if not events:
+        return set(), 0
+    stmt = (
+        insert_for(session)(_EVENT)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(_EVENT.c.event_id)
+    )
+    inserted = set(session.connection().execute(stmt, events).scalars())
     queued = outbox.enqueue(session, push, [e for e in events if e["event_id"] in inserted])
     return inserted, queued
 

@@ -41,12 +41,13 @@ def enqueue(session: Session, push: Push, events: list[dict[str, Any]]) -> int:
         for e in events
         for url in urls
     ]
-    for i in range(0, len(rows), 500):
-        session.execute(
-            insert_for(session)(CallbackRow)
-            .values(rows[i : i + 500])
-            .on_conflict_do_nothing(index_elements=["url", "event_id"])
-        )
+    # One executemany on the table: no ORM bulk path, no VALUES list compiled per batch.
+    session.connection().execute(
+        insert_for(session)(CallbackRow.__table__).on_conflict_do_nothing(  # type: ignore[attr-defined]
+            index_elements=["url", "event_id"]
+        ),
+        rows,
+    )
     return len(rows)
 
 

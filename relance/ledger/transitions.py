@@ -1,11 +1,17 @@
 """The one rule for applying a status to a recipient and its delivery, used by both event
-ingest and the recording of send outcomes; and the push's counters it moves."""
+ingest and the recording of send outcomes; and the push's counters it moves.
+
+The rule is written once, over plain mappings of a row's columns (`first_stamps`, `advance`,
+`stops`). Two forms apply it: `apply_status` on ORM objects (send outcomes), and the set-based
+writes of event ingest (`write_recipients`, `stamp_deliveries`), which fold a batch through the
+same functions and write the results with one bulk statement per shape."""
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, bindparam, case, func, update
 from sqlmodel import Session, col
 
 from relance.db import Delivery, Push, Recipient
@@ -25,14 +31,55 @@ IMPLIED = {
     EventStatus.failed: (EventStatus.failed,),
     EventStatus.sent: (),
 }
+# The time columns a status may stamp, on a recipient and on a delivery alike.
+STAMPED = tuple(dict.fromkeys(f"{s.value}_at" for implied in IMPLIED.values() for s in implied))
+# What the rule reads and writes of a recipient.
+RECIPIENT_STATE = (*STAMPED, "error", "stopped")
+DELIVERY_STATE = (*STAMPED, "error")
 
 
-def stops(condition: str | None, recipient: Recipient) -> bool:
+def first_stamps(
+    row: Mapping[str, Any], status: EventStatus, at: datetime, error: str | None
+) -> dict[str, Any]:
+    """The columns `status` stamps on a row (recipient or delivery) that has them still empty:
+    the first time of the status and of what it implies; a first failure brings its error."""
+    new: dict[str, Any] = {}
+    for implied in IMPLIED[status]:
+        column = f"{implied.value}_at"
+        if row[column] is None:
+            new[column] = at
+            if implied is EventStatus.failed:
+                new["error"] = error
+    return new
+
+
+def stops(condition: str | None, recipient: Mapping[str, Any]) -> bool:
     """A recipient stops when it no longer matches the trigger, or failed for good."""
-    if recipient.failed_at is not None and recipient.delivered_at is None:
+    if recipient["failed_at"] is not None and recipient["delivered_at"] is None:
         return True
     status = STOP_STATUS[TriggerCondition(condition)] if condition else EventStatus.clicked
-    return getattr(recipient, f"{status.value}_at") is not None
+    return recipient[f"{status.value}_at"] is not None
+
+
+def advance(
+    condition: str | None,
+    recipient: dict[str, Any],
+    status: EventStatus,
+    at: datetime,
+    error: str | None,
+    counts: Counter[str],
+) -> dict[str, Any]:
+    """Apply `status` to a recipient's state (RECIPIENT_STATE, updated in place), count its
+    first transitions and its stop in `counts`, and return the columns that changed."""
+    changed = first_stamps(recipient, status, at, error)
+    recipient.update(changed)
+    for column in changed:
+        if column in STAMPED:
+            counts[f"n_{column.removesuffix('_at')}"] += 1
+    if not recipient["stopped"] and stops(condition, recipient):
+        recipient["stopped"] = changed["stopped"] = True
+        counts["n_stopped"] += 1
+    return changed
 
 
 def apply_status(
@@ -44,22 +91,69 @@ def apply_status(
     error: str | None,
     counts: Counter[str],
 ) -> None:
-    """Stamp the first time of `status` (and what it implies) on the delivery and the recipient,
-    and count each recipient's first transitions (and its stop) in `counts`."""
-    for implied in IMPLIED[status]:
-        column = f"{implied.value}_at"
-        if delivery is not None and getattr(delivery, column) is None:
-            setattr(delivery, column, at)
-            if implied is EventStatus.failed:
-                delivery.error = error
-        if getattr(recipient, column) is None:
-            setattr(recipient, column, at)
-            if implied is EventStatus.failed:
-                recipient.error = error
-            counts[f"n_{implied.value}"] += 1
-    if not recipient.stopped and stops(condition, recipient):
-        recipient.stopped = True
-        counts["n_stopped"] += 1
+    """The rule on ORM objects: stamp the first time of `status` (and what it implies) on the
+    delivery and the recipient, and count the recipient's first transitions (and its stop)."""
+    if delivery is not None:
+        state = {c: getattr(delivery, c) for c in DELIVERY_STATE}
+        for column, value in first_stamps(state, status, at, error).items():
+            setattr(delivery, column, value)
+    state = {c: getattr(recipient, c) for c in RECIPIENT_STATE}
+    for column, value in advance(condition, state, status, at, error, counts).items():
+        setattr(recipient, column, value)
+
+
+def write_recipients(session: Session, states: Iterable[Mapping[str, Any]]) -> None:
+    """Write recipients' new states (RECIPIENT_STATE and `id`, as `advance` left them) in one
+    bulk UPDATE by id. The caller holds them locked since it read them."""
+    params = [{f"b_{k}": state[k] for k in ("id", *RECIPIENT_STATE)} for state in states]
+    if not params:
+        return
+    table = Recipient.__table__  # type: ignore[attr-defined]
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values({c: bindparam(f"b_{c}") for c in RECIPIENT_STATE})
+    )
+    session.connection().execute(stmt, params)
+
+
+def stamp_deliveries(
+    session: Session, stamps: Mapping[tuple[str, str, int], dict[str, Any]]
+) -> None:
+    """Stamp deliveries, keyed by (msg_id, registration_id, stage), with what a batch's events
+    stamp on an empty delivery (`first_stamps` folded over them): each column only where still
+    empty, the error only with a first failure, as `first_stamps` does one by one. One bulk
+    UPDATE per set of columns; a delivery that does not exist is left alone."""
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for (msg_id, registration_id, stage), new in stamps.items():
+        if new:
+            shape = tuple(sorted(new))
+            row = {"b_msg_id": msg_id, "b_registration_id": registration_id, "b_stage": stage}
+            shapes.setdefault(shape, []).append(row | {f"b_{k}": v for k, v in new.items()})
+    for shape, params in shapes.items():
+        values: dict[str, Any] = {
+            c: func.coalesce(table.c[c], bindparam(f"b_{c}", type_=table.c[c].type))
+            for c in shape
+            if c in STAMPED
+        }
+        if "error" in shape:
+            values["error"] = case(
+                (table.c.failed_at.is_(None), bindparam("b_error", type_=table.c.error.type)),
+                else_=table.c.error,
+            )
+        stmt = (
+            update(table)
+            .where(
+                and_(
+                    table.c.msg_id == bindparam("b_msg_id"),
+                    table.c.stage == bindparam("b_stage"),
+                    table.c.registration_id == bindparam("b_registration_id"),
+                )
+            )
+            .values(values)
+        )
+        session.connection().execute(stmt, params)
 
 
 def bump_counts(session: Session, msg_id: str, counts: Counter[str]) -> None:

@@ -1,0 +1,75 @@
+"""The signal coalescer: one signal per journey per flush at most, and never two within a
+second, whatever RELANCE_SIGNAL_INTERVAL_SECONDS is; marks made meanwhile are kept, not lost."""
+
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from api.signals import MIN_SIGNAL_GAP_SECONDS, SignalCoalescer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeClient:
+    """Records (workflow id, time) of every signal; each takes `latency` of the clock."""
+
+    def __init__(self, clock: Clock, latency: float = 0.0) -> None:
+        self.clock, self.latency = clock, latency
+        self.sent: list[tuple[str, float]] = []
+
+    def get_workflow_handle(self, workflow_id: str) -> Any:
+        client = self
+
+        class Handle:
+            async def signal(self, *_: Any) -> None:
+                client.clock.now += client.latency
+                client.sent.append((workflow_id, client.clock.now))
+
+        return Handle()
+
+
+def coalescer(engine: Engine, clock: Clock, latency: float = 0.0) -> tuple[SignalCoalescer, Any]:
+    c = SignalCoalescer(engine, interval=0.05, task_queue="tq", clock=clock)
+    fake = FakeClient(clock, latency)
+    c.client = fake  # type: ignore[assignment]
+    return c, fake
+
+
+async def test_no_journey_gets_two_signals_within_a_second(sqlite_engine: Engine) -> None:
+    clock = Clock()
+    c, fake = coalescer(sqlite_engine, clock, latency=0.03)
+    for step in range(100):  # 5 s of events on two journeys, flushed every 0.05 s
+        c.mark({"1", "2"} if step % 3 else {"1"})
+        await c.flush()
+        clock.now += 0.05
+    for wid in ("push-1", "push-2"):
+        times = [t for w, t in fake.sent if w == wid]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) >= MIN_SIGNAL_GAP_SECONDS
+        assert len(times) >= 4  # still fresh: about one a second
+
+
+async def test_a_mark_inside_the_gap_is_signalled_once_it_has_passed(
+    sqlite_engine: Engine,
+) -> None:
+    clock = Clock()
+    c, fake = coalescer(sqlite_engine, clock)
+    c.mark({"1"})
+    await c.flush()  # a quiet journey's first signal goes at once
+    assert fake.sent == [("push-1", 1000.0)]
+    clock.now += 0.5
+    c.mark({"1"})
+    await c.flush()
+    assert len(fake.sent) == 1  # too soon: kept marked
+    clock.now += 0.5
+    await c.flush()
+    assert fake.sent[1] == ("push-1", 1001.0)
+    clock.now += 5
+    await c.flush()
+    assert len(fake.sent) == 2  # nothing new: nothing sent
