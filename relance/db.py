@@ -1,11 +1,14 @@
 """SQLModel tables of the ledger and the engine: SQLite (WAL) by default, any SQLAlchemy URL."""
 
+import random
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel, create_engine
 
 
@@ -169,6 +172,12 @@ class CallbackBatch(SQLModel, table=True):
     delivered_at: datetime | None = None
 
 
+# How long a writer waits for SQLite's write lock before the transaction fails, and the step
+# of SQLite's own busy handler for the statements inside a transaction.
+SQLITE_WRITE_WAIT_SECONDS = 60.0
+SQLITE_BUSY_STEP_MS = 20
+
+
 def make_engine(url: str) -> Engine:
     """The ledger engine; for SQLite: the folder made, WAL, and write transactions that queue."""
     parsed = make_url(url)
@@ -184,15 +193,28 @@ def make_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=60000")
+        # Short: SQLite's own busy handler sleeps in steps of up to 100 ms, so a writer that
+        # lost the race idled long after the lock was free. Waiting for the write lock is done
+        # by `_on_begin` instead, in steps of at most a few milliseconds.
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_STEP_MS}")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE: a writer takes the write lock up front, so concurrent writers wait instead
         # of failing; readers (see `reading`) begin plainly and run beside them under WAL.
-        read_only = conn.get_execution_options().get("relance_read_only", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("relance_read_only", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        deadline = time.monotonic() + SQLITE_WRITE_WAIT_SECONDS
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.0005, 0.002))  # jitter: writers do not move in step
 
     return engine
 

@@ -206,10 +206,13 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
             recipients = {
                 r.registration_id: r
                 for r in session.exec(
-                    select(Recipient).where(
+                    select(Recipient)
+                    .where(
                         Recipient.msg_id == msg_id,
                         col(Recipient.registration_id).in_([o.registration_id for o in failed]),
                     )
+                    .order_by(col(Recipient.id))
+                    .with_for_update()  # as event ingest does: one first failure, counted once
                 )
             }
             for o in failed:
