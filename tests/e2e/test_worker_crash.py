@@ -1,28 +1,34 @@
-"""SIGKILL the worker in the middle of a stage-0 send to 2,000 recipients, start a new one:
-every recipient gets stage 0 exactly once, as counted by the simulated devices."""
+"""SIGKILL the worker in the middle of a stage-0 send, start a new one: every recipient gets
+stage 0 exactly once, as counted by the simulated devices. Once for 2,000 recipients in small
+batches, once for 20,000 with several pages in flight at the kill (the pipelined send)."""
 
 from pathlib import Path
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.e2e.conftest import relance_stack
 from tests.stack import eventually
 
-RECIPIENTS = [f"silent-crash-{i:04d}" for i in range(2000)]
 
-
+@pytest.mark.parametrize(
+    ("size", "batch_size", "kill_after"),
+    [(2_000, 50, 400), (20_000, 100, 5_000)],
+    ids=["2k", "20k-pipelined"],
+)
 async def test_worker_killed_mid_send_sends_everyone_exactly_once(
-    dev_server: WorkflowEnvironment, tmp_path: Path
+    dev_server: WorkflowEnvironment, tmp_path: Path, size: int, batch_size: int, kill_after: int
 ) -> None:
+    recipients = [f"silent-crash-{i:05d}" for i in range(size)]
     simulator = ["--send-latency-ms", "40"]
-    with relance_stack(dev_server.client, tmp_path, simulator, batch_size=50) as stack:
+    with relance_stack(dev_server.client, tmp_path, simulator, batch_size=batch_size) as stack:
         async with stack.api() as api, stack.simulator() as sim:
-            await api.post(
-                "/v4/devices",
-                json={
-                    "devices": [{"registration_id": rid, "tags": ["crash"]} for rid in RECIPIENTS]
-                },
-            )
+            for i in range(0, size, 5000):
+                devices = [
+                    {"registration_id": r, "tags": ["crash"]} for r in recipients[i : i + 5000]
+                ]
+                registered = await api.post("/v4/devices", json={"devices": devices})
+                assert registered.status_code == 200, registered.text
             accepted = await api.post(
                 "/v4/push",
                 json={
@@ -37,26 +43,26 @@ async def test_worker_killed_mid_send_sends_everyone_exactly_once(
                 stats = (await sim.get(f"/v1/stats/{msg_id}")).json()["stages"]
                 return int(stats.get("0", {}).get("received", 0))
 
-            await eventually(lambda: _at_least(received, 400), timeout=60)
+            await eventually(lambda: _at_least(received, kill_after), timeout=120)
             stack.parts["worker"].kill()
             at_kill = await received()
-            assert at_kill < len(RECIPIENTS), "the send finished before the kill"
+            assert at_kill < len(recipients), "the send finished before the kill"
             stack.parts["worker"].start()
 
             async def completed() -> bool:
                 return (await api.get(f"/v4/push/{msg_id}")).json()["state"] == "completed"
 
-            await eventually(completed, timeout=120)
+            await eventually(completed, timeout=300)
             stats = (await sim.get(f"/v1/stats/{msg_id}")).json()["stages"]["0"]
             per_device = (await sim.get(f"/v1/messages/{msg_id}/0")).json()
             funnel = (await api.get(f"/v4/push/{msg_id}")).json()["funnel"]
 
-    assert stats["received"] == len(RECIPIENTS)
+    assert stats["received"] == len(recipients)
     assert stats["repeats"] == 0
-    assert sorted(m["registration_id"] for m in per_device) == RECIPIENTS
+    assert sorted(m["registration_id"] for m in per_device) == recipients
     assert {m["received"] for m in per_device} == {1}
-    assert funnel["stages"][0]["sent"] == len(RECIPIENTS)
-    assert at_kill >= 400
+    assert funnel["stages"][0]["sent"] == len(recipients)
+    assert at_kill >= kill_after
 
 
 async def _at_least(count: object, n: int) -> bool:
