@@ -74,6 +74,8 @@ class JourneyStatus(BaseModel):
 class SendStageInput(BaseModel):
     msg_id: str
     stage: int
+    # When the stage was due (workflow time): how late its send began is measured from it.
+    scheduled_at: datetime | None = None
 
 
 class SendStageResult(StageCounts):

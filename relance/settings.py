@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     callback_allowed_networks: list[str] = []
     # Worker-side options per provider client, e.g. {"webpush": {"max_in_flight": 100}}.
     provider_options: dict[str, dict[str, Any]] = {}
+    # Prometheus: the worker's own metrics port (with the Temporal SDK's metrics; 0: none) and
+    # whether the API answers GET /metrics (unauthenticated: keep it off the public internet).
+    worker_metrics_port: int = Field(9464, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
+    api_metrics: bool = True
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 
