@@ -25,3 +25,32 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     """The sum of `name`'s samples that carry these labels (0 when there are none)."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def buckets(samples: Samples, name: str, **labels: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound (`le`), summed over the other
+    labels."""
+    wanted = set(labels.items())
+    out: dict[float, float] = {}
+    for (n, ls), v in samples.items():
+        if n == f"{name}_bucket" and wanted <= ls:
+            le = float(dict(ls)["le"])
+            out[le] = out.get(le, 0.0) + v
+    return out
+
+
+def quantile(q: float, counts: dict[float, float]) -> float | None:
+    """What PromQL's histogram_quantile says: linear within the bucket that holds rank q."""
+    bounds = sorted(counts)
+    total = counts[bounds[-1]] if bounds else 0.0
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper in bounds:
+        if counts[upper] >= rank:
+            if upper == float("inf"):
+                return lower
+            inside = counts[upper] - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = upper, counts[upper]
+    return lower
