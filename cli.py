@@ -271,6 +271,7 @@ def dev(
     temporal_port: int = 7233,
     ui_port: int = 8233,
     simulator_port: int = 8100,
+    worker_metrics_port: Annotated[int, typer.Option(help="Worker /metrics; 0: none.")] = 9464,
 ) -> None:
     """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
     worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
@@ -296,6 +297,9 @@ def dev(
         ),
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
+        # Prometheus metrics on loopback: the API's at /metrics, the worker's on its own port.
+        "RELANCE_WORKER_METRICS_PORT": str(worker_metrics_port),
+        "RELANCE_WORKER_METRICS_HOST": "127.0.0.1",
     }
     me = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen[Any]] = []
@@ -314,6 +318,9 @@ def dev(
         typer.echo(
             "\nrelance is up\n"
             f"  API + docs    http://127.0.0.1:{api_port}/docs\n"
+            f"  metrics       http://127.0.0.1:{api_port}/metrics"
+            + (f", :{worker_metrics_port}/metrics (worker)" if worker_metrics_port else "")
+            + "\n"
             f'  Temporal UI   http://127.0.0.1:{ui_port}  (filter: RelanceMsgId="<msg_id>")\n'
             + (f"  simulator     http://127.0.0.1:{simulator_port}\n" if simulate else "")
             + f"  app key       {key}\n  master secret {secret}\n"

@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -12,11 +13,14 @@ from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
 from relance.db import make_engine
+from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
 from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
+
+log = logging.getLogger("relance.worker")
 
 
 class RelanceWorker:
@@ -83,16 +87,41 @@ def build_worker(
     return RelanceWorker(worker, journey, callbacks)
 
 
+def serve_metrics(settings: Settings) -> tuple[Runtime | None, MetricsServer | None]:
+    """The worker's metrics port: relance's metrics and the Temporal SDK's (exported by the
+    runtime to loopback, re-exposed here). A port already taken is logged, not fatal: the
+    worker's job is sending, and two workers on one host must not stop each other."""
+    if not settings.worker_metrics_port:
+        return None, None
+    runtime, sdk_url = temporal_sdk_runtime()
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    try:
+        server = MetricsServer(host, port, sdk_url)
+    except OSError as exc:
+        log.error(
+            "metrics not served on %s:%s (%s): set RELANCE_WORKER_METRICS_PORT (0: none)",
+            host,
+            port,
+            exc,
+        )
+        return runtime, None
+    log.info("metrics at http://%s:%s/metrics", host, server.port)
+    return runtime, server
+
+
 async def main(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     # Checked before connecting, so a ledger that is behind stops the worker at once instead of
     # after Temporal answers.
     ensure_current(settings.database_url)
-    client: Client = await connect_temporal(settings)
-    logging.getLogger("relance.worker").info(
-        "worker on task queue %r at %s", settings.task_queue, settings.temporal_address
-    )
-    await build_worker(client, settings).run()
+    runtime, metrics = serve_metrics(settings)
+    try:
+        client: Client = await connect_temporal(settings, runtime)
+        log.info("worker on task queue %r at %s", settings.task_queue, settings.temporal_address)
+        await build_worker(client, settings).run()
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 if __name__ == "__main__":

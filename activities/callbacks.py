@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
+from relance import metrics
 from relance.callbacks import UnsafeCallbackUrl, body_of, check_callback_url, signed_headers
 from relance.db import App, CallbackBatch, reading
 from relance.journey import DeliverInput, DeliverResult
@@ -57,6 +58,7 @@ class CallbackActivities:
         states = await asyncio.to_thread(
             outbox.record_attempts, self.engine, outcomes, inp.now, cfg.schedule
         )
+        await asyncio.to_thread(metrics.observe_callback_batches, self.engine, states)
         result = DeliverResult(
             delivered=sum(s == CallbackBatchState.delivered for s in states.values()),
             failed=sum(s == CallbackBatchState.pending for s in states.values()),

@@ -9,7 +9,7 @@ from temporalio import activity
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from activities.providers.registry import ProviderRegistry, Router
-from relance import ledger
+from relance import ledger, metrics
 from relance.content import RenderedContent, render_stage
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
@@ -97,6 +97,7 @@ class JourneyActivities:
         """Send stage `inp.stage` to every queued recipient from the checkpoint, with up to
         `pipeline` batches in flight; then, pass after pass, those a provider asked to try
         again later."""
+        metrics.observe_stage_lateness(inp.stage, inp.scheduled_at, activity.info().attempt)
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
         if inp.stage > 0:

@@ -5,7 +5,7 @@ signal and its app's callback forwarder woken."""
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Context
-from relance import ledger
+from relance import ledger, metrics
 from relance.models import StatusEventIn
 
 
@@ -20,6 +20,7 @@ async def ingest(
         result = await run_in_threadpool(
             ledger.ingest_events, ctx.engine, app_key, events, invalid_tokens
         )
+    metrics.count_events((e.status for e in events), result.accepted, result.duplicates)
     if result.accepted:
         ctx.coalescer.mark(result.msg_ids)
     if result.callbacks_queued:

@@ -5,7 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict
 from temporalio.client import Client
 
@@ -14,6 +14,7 @@ from api.deps import Context
 from api.routes import callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
 from relance.db import make_engine
+from relance.metrics import api_registry, exposition
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
@@ -81,5 +82,15 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     async def healthz() -> Health:
         """Liveness, and whether Temporal is connected."""
         return Health(status="ok", temporal=context.client is not None)
+
+    if settings.api_metrics:
+        registry = api_registry(engine)
+
+        # Not in the OpenAPI docs (no auth, not part of the push API): Prometheus scrapes it.
+        @app.get("/metrics", include_in_schema=False)
+        def metrics(request: Request) -> Response:
+            """Prometheus metrics of this process, and journeys by state from the ledger."""
+            body, content_type = exposition(registry, request.headers.get("accept"))
+            return Response(body, media_type=content_type)
 
     return app

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.journeys import workflow_id
-from relance import ledger
+from relance import ledger, metrics
 from relance.forwarding import wake_forwarder
 from relance.ledger import outbox
 
@@ -84,7 +84,9 @@ class SignalCoalescer:
             await self.client.get_workflow_handle(workflow_id(msg_id)).signal(
                 PushJourney.record_progress, progress
             )
+            metrics.count_signal(sent=True)
         except Exception as exc:  # noqa: BLE001 — a lost signal costs freshness, never correctness
+            metrics.count_signal(sent=False)
             log.info("signal to push-%s not delivered: %s", msg_id, exc)
         finally:
             self._last[msg_id] = self.clock()

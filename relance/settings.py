@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # (tests/workflows/test_continue_and_replay.py), so the worker runs them without it unless
     # this is set.
     workflow_sandbox: bool = False
+    # Prometheus: the worker's own metrics port (with the Temporal SDK's metrics; 0: none) and
+    # whether the API answers GET /metrics (unauthenticated: keep it off the public internet).
+    worker_metrics_port: int = Field(9464, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
+    api_metrics: bool = True
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -13,6 +13,7 @@ from activities.providers.apns import ApnsProvider
 from activities.providers.base import Provider
 from activities.providers.engagelab import EngageLabProvider
 from activities.providers.fcm import FcmProvider
+from activities.providers.metered import metered
 from activities.providers.webpush import WebPushProvider
 from relance import ledger
 from relance.credentials import (
@@ -49,7 +50,7 @@ class ProviderRegistry:
         options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.engine = engine
-        self.defaults = defaults
+        self.defaults = {name: metered(client) for name, client in defaults.items()}
         self.options = options or {}
         self._clients: dict[tuple[str, str], tuple[datetime, Provider]] = {}
 
@@ -66,7 +67,7 @@ class ProviderRegistry:
                 client = build(
                     config.provider, config.credentials, self.options.get(config.provider, {})
                 )
-                self._clients[key] = (config.updated_at, client)
+                self._clients[key] = (config.updated_at, metered(client))
             clients[config.provider] = self._clients[key][1]
         configured = {c.provider: list(c.platforms) for c in configs}
 

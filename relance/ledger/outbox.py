@@ -209,3 +209,17 @@ def requeue_dead(engine: Engine, app_key: str, batch_id: int, now: datetime) -> 
         batch.state, batch.attempts, batch.next_attempt_at = CallbackBatchState.pending, 0, utc(now)
         session.commit()
         return True
+
+
+def oldest_rows(engine: Engine, batch_ids: list[int]) -> dict[int, datetime]:
+    """When each batch's oldest event reached the API (its rows' created_at): where its
+    delivery lag starts."""
+    if not batch_ids:
+        return {}
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            select(col(CallbackRow.batch_id), func.min(col(CallbackRow.created_at)))
+            .where(col(CallbackRow.batch_id).in_(batch_ids))
+            .group_by(col(CallbackRow.batch_id))
+        ).all()
+    return {batch_id: utc(created) for batch_id, created in rows if batch_id is not None}

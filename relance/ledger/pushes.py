@@ -5,7 +5,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -174,3 +174,10 @@ def set_state(engine: Engine, msg_id: str, state: JourneyState, error: str | Non
             update(Push).where(col(Push.msg_id) == msg_id).values(state=state.value, error=error)
         )
         session.commit()
+
+
+def journeys_by_state(engine: Engine) -> dict[str, int]:
+    """How many pushes are in each journey state: one aggregate over the push table."""
+    with Session(reading(engine)) as session:
+        rows = session.execute(select(Push.state, func.count()).group_by(Push.state)).all()
+    return {state: int(n) for state, n in rows}

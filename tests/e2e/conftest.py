@@ -78,6 +78,7 @@ class Stack:
     client: Client
     task_queue: str
     parts: dict[str, Part] = field(default_factory=dict)
+    worker_metrics_url: str = ""
 
     def api(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -109,7 +110,7 @@ def relance_stack(
     batch_size: int = 100,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    api_port, sim_port = free_port(), free_port()
+    api_port, sim_port, metrics_port = free_port(), free_port(), free_port()
     db_url = f"sqlite:///{tmp / 'ledger.db'}"
     engine = make_engine(db_url)
     migrate.upgrade(engine)  # as a deployment does: the API and worker refuse a bare ledger
@@ -123,6 +124,7 @@ def relance_stack(
         client,
         f"e2e-{uuid.uuid4()}",
     )
+    stack.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     env = {
         **os.environ,
         "RELANCE_DATABASE_URL": db_url,
@@ -136,6 +138,9 @@ def relance_stack(
         "RELANCE_SIGNAL_INTERVAL_SECONDS": "0.2",
         # The tests' callback receivers listen on loopback, which relance refuses by default.
         "RELANCE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        # A port of its own per stack: stacks run side by side on one machine.
+        "RELANCE_WORKER_METRICS_PORT": str(metrics_port),
+        "RELANCE_WORKER_METRICS_HOST": "127.0.0.1",
         **(extra_env or {}),
     }
     stack.parts = {

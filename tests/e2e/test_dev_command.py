@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
+from tests.scrape import parse, value
 from tests.stack import free_port
 
 KEY, SECRET = "devtestapp", "dev-test-master-secret-0123456789"
@@ -51,6 +52,7 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
         "temporal": free_port(),
         "ui": free_port(),
         "simulator": free_port(),
+        "worker-metrics": free_port(),
     }
     env = {
         **os.environ,
@@ -73,6 +75,10 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
         assert re.search(r"^\s+2\s+\d+", demo.stdout, re.M), demo.stdout  # stage 2 was sent
         msg_id = re.search(r"msg_id (\d+)", demo.stdout).group(1)  # type: ignore[union-attr]
         assert f"/workflows/push-{msg_id}" in demo.stdout
+        # The worker's metrics port: relance's sends and the Temporal SDK's own series.
+        scrape = parse(httpx.get(f"http://127.0.0.1:{ports['worker-metrics']}/metrics").text)
+        assert value(scrape, "relance_sends_total", provider="simulator", outcome="ok") >= 40
+        assert value(scrape, "temporal_workflow_task_execution_latency_count") > 0
     finally:
         stop_dev(proc, ports)
     assert (tmp_path / ".relance" / "temporal.db").exists()
