@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 
 from relance import ledger, migrate
 from relance.db import make_engine
+from relance.models import PushRequest
 
 PREVIOUS_RELEASE = Path(__file__).parent / "previous_release"
 SECRET = "previous-release-master-secret-0123456789"
@@ -188,8 +189,8 @@ def test_a_previous_release_ledger_is_stamped_and_upgraded_keeping_every_row(
 
 
 def test_the_upgrade_fills_device_tags_from_the_devices_json_tags(blank: Engine) -> None:
-    """An older ledger keeps every device's tags in DeviceTag, and the pushes it had are
-    materialised already."""
+    """An older ledger keeps every device's tags: `to.tag` reads DeviceTag after the upgrade,
+    and the pushes it had are materialised already."""
     create_previous_release_ledger(blank)
     with blank.begin() as conn:
         for statement in ROWS:
@@ -207,6 +208,14 @@ def test_the_upgrade_fills_device_tags_from_the_devices_json_tags(blank: Engine)
         ready = set(conn.exec_driver_sql("SELECT msg_id, audience_ready FROM push"))
     assert tags == {("shop", "vip", "rid-1"), ("shop", "news", "web-3"), ("shop", "sport", "web-3")}
     assert ready == {("1795429543454486250", True)}
+
+    def tagged(*tags: str) -> PushRequest:
+        return PushRequest.model_validate(
+            {"to": {"tag": list(tags)}, "body": {"notification": {"alert": "hi"}}}
+        )
+
+    assert ledger.count_audience(blank, "shop", tagged("news", "vip")) == 2
+    assert not ledger.has_audience(blank, "shop", tagged("Sports"))
 
 
 def test_a_ledger_older_than_the_baseline_is_refused(blank: Engine) -> None:
