@@ -18,6 +18,8 @@ from relance.models import PushRequest
 from relance.states import DeliveryStatus
 
 EMPTY = "expected at least one valid device; the audience is empty"
+# A SELECT of device rows: `audience_query` and what narrows it.
+Rows = Select[*tuple[Any, ...]]
 
 
 def platforms_of(request: PushRequest) -> list[str] | None:
@@ -55,7 +57,7 @@ def _conditions(app_key: str, request: PushRequest) -> list[ColumnElement[bool]]
     return where
 
 
-def audience_query(app_key: str, request: PushRequest) -> Select[Any]:
+def audience_query(app_key: str, request: PushRequest) -> Rows:
     """SELECT id, registration_id, platform of every valid device of the app that the push's
     `to` and `body.platform` match, once each (a device with two of the tags is one row)."""
     return sa_select(col(Device.id), col(Device.registration_id), col(Device.platform)).where(
@@ -112,7 +114,7 @@ def count_audience(engine: Engine, app_key: str, request: PushRequest) -> int:
 
 
 def insert_audience(
-    session: Session, msg_id: str, page: Select[Any], devices: list[ColumnElement[bool]]
+    session: Session, msg_id: str, page: Rows, devices: list[ColumnElement[bool]]
 ) -> int:
     """Recipient rows for the devices of `page` (`audience_query`, narrowed), then stage-0
     deliveries for the push's recipients among `devices` (a plain range of the registry, no
@@ -126,12 +128,16 @@ def insert_audience(
     # a WHERE.
     # preserve_rowcount: SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's
     # cursor has forgotten it by the time the result is read).
-    inserted = session.execute(
-        insert_for(session)(Recipient)
-        .from_select(["msg_id", "registration_id", "platform", "stopped"], rows)
-        .on_conflict_do_nothing(index_elements=["msg_id", "registration_id"])
-        .execution_options(preserve_rowcount=True)
-    ).rowcount
+    inserted = (
+        session.connection()
+        .execute(
+            insert_for(session)(Recipient)
+            .from_select(["msg_id", "registration_id", "platform", "stopped"], rows)
+            .on_conflict_do_nothing(index_elements=["msg_id", "registration_id"])
+            .execution_options(preserve_rowcount=True)
+        )
+        .rowcount
+    )
     deliveries = (
         sa_select(
             literal(msg_id),
@@ -195,7 +201,7 @@ def finish_materialise(engine: Engine, msg_id: str) -> int:
         recipients = session.execute(
             sa_select(func.count()).select_from(Recipient).where(col(Recipient.msg_id) == msg_id)
         ).scalar_one()
-        done = session.execute(
+        done = session.connection().execute(
             update(Push)
             .where(col(Push.msg_id) == msg_id)
             .values(recipients=recipients, audience_ready=True, seq=Push.seq + 1)

@@ -41,8 +41,8 @@ def _replace_tags(session: Session, app_key: str, devices: list[Device]) -> None
     """DeviceTag follows each device's tags as just registered (the last registration of a
     device wins): its old rows go, its new ones come, in the caller's transaction."""
     ids = [d.id for d in devices if d.id is not None]
-    for chunk in chunks(ids, 1000):
-        session.execute(delete(DeviceTag).where(col(DeviceTag.device_id).in_(chunk)))
+    for some in chunks(ids, 1000):
+        session.execute(delete(DeviceTag).where(col(DeviceTag.device_id).in_(some)))
     rows = [
         {"app_key": app_key, "tag": tag, "device_id": d.id}
         for d in devices
