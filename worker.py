@@ -7,6 +7,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.audience import AudienceActivities
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
@@ -70,11 +71,17 @@ def build_worker(
             allowed_networks=tuple(settings.callback_allowed_networks),
         ),
     )
+    audience = AudienceActivities(engine)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[PushJourney, CallbackForwarder],
-        activities=[journey.send_stage, journey.finish_journey, callbacks.deliver_callbacks],
+        activities=[
+            audience.materialise_audience,
+            journey.send_stage,
+            journey.finish_journey,
+            callbacks.deliver_callbacks,
+        ],
     )
     return RelanceWorker(worker, journey, callbacks)
 

@@ -71,6 +71,15 @@ class JourneyStatus(BaseModel):
     stages: list[StageSummary]
 
 
+class MaterialiseInput(BaseModel):
+    msg_id: str
+
+
+class MaterialiseResult(BaseModel):
+    # The push's recipients, all in the ledger with their stage-0 deliveries.
+    recipients: int
+
+
 class SendStageInput(BaseModel):
     msg_id: str
     stage: int
