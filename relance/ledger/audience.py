@@ -30,25 +30,45 @@ def platforms_of(request: PushRequest) -> list[str] | None:
     return [platform] if isinstance(platform, str) else list(dict.fromkeys(platform))
 
 
-def _conditions(app_key: str, request: PushRequest) -> list[ColumnElement[bool]]:
-    """The WHERE of an audience: valid devices of the app, matching `to` and the platforms.
-    Each kind reads an index: (app_key, registration_id), (app_key, alias), DeviceTag's
-    (app_key, tag, device_id), or the app's devices for "all"."""
+def _ids(column: Any, after: int | None, upto: int | None) -> list[ColumnElement[bool]]:
+    return [
+        *([column > after] if after is not None else []),
+        *([column <= upto] if upto is not None else []),
+    ]
+
+
+def _named(request: PushRequest) -> list[ColumnElement[bool]]:
+    """Which devices `to` names (registration ids or aliases), before any other condition."""
+    to = request.to
+    if to != "all" and to.registration_id is not None:
+        return [col(Device.registration_id).in_(list(dict.fromkeys(to.registration_id)))]
+    if to != "all" and to.alias is not None:
+        return [col(Device.alias).in_(list(dict.fromkeys(to.alias)))]
+    return []
+
+
+def _conditions(
+    app_key: str, request: PushRequest, after: int | None = None, upto: int | None = None
+) -> list[ColumnElement[bool]]:
+    """The WHERE of an audience: valid devices of the app, matching `to` and the platforms,
+    with device ids in (after, upto]. Each kind reads an index: (app_key, registration_id),
+    (app_key, alias), DeviceTag's (app_key, tag, device_id), or the app's devices for "all".
+    The id range is repeated inside the tag's EXISTS: PostgreSQL does not carry a range across
+    the join by itself, and would otherwise hash every tagged device for each page."""
     where: list[ColumnElement[bool]] = [
         col(Device.app_key) == app_key,
         col(Device.valid).is_(True),
+        *_ids(col(Device.id), after, upto),
+        *_named(request),
     ]
     to = request.to
-    if to != "all" and to.registration_id is not None:
-        where.append(col(Device.registration_id).in_(list(dict.fromkeys(to.registration_id))))
-    elif to != "all" and to.alias is not None:
-        where.append(col(Device.alias).in_(list(dict.fromkeys(to.alias))))
-    elif to != "all" and to.tag is not None:
+    if to != "all" and to.tag is not None:
         where.append(
             exists().where(
                 col(DeviceTag.app_key) == app_key,
                 col(DeviceTag.tag).in_(list(dict.fromkeys(to.tag))),
                 col(DeviceTag.device_id) == col(Device.id),
+                *_ids(col(DeviceTag.device_id), after, upto),
             )
         )
     platforms = platforms_of(request)
@@ -57,12 +77,36 @@ def _conditions(app_key: str, request: PushRequest) -> list[ColumnElement[bool]]
     return where
 
 
-def audience_query(app_key: str, request: PushRequest) -> Rows:
+def audience_query(
+    app_key: str, request: PushRequest, after: int | None = None, upto: int | None = None
+) -> Rows:
     """SELECT id, registration_id, platform of every valid device of the app that the push's
-    `to` and `body.platform` match, once each (a device with two of the tags is one row)."""
+    `to` and `body.platform` match, once each (a device with two of the tags is one row);
+    optionally only device ids in (after, upto]."""
     return sa_select(col(Device.id), col(Device.registration_id), col(Device.platform)).where(
-        *_conditions(app_key, request)
+        *_conditions(app_key, request, after, upto)
     )
+
+
+def _page_end(
+    session: Session, app_key: str, request: PushRequest, after: int, limit: int
+) -> int | None:
+    """The device id that ends the next page: the `limit`-th device after `after` that `to`
+    names, read from the index `to` uses alone (validity and platform are left to the insert,
+    so a page costs `limit` index entries however sparse the audience is). None: none left."""
+    to = request.to
+    if to != "all" and to.tag is not None:
+        ids: Any = sa_select(col(DeviceTag.device_id).label("id")).where(
+            col(DeviceTag.app_key) == app_key,
+            col(DeviceTag.tag).in_(list(dict.fromkeys(to.tag))),
+            col(DeviceTag.device_id) > after,
+        )
+    else:
+        ids = sa_select(col(Device.id).label("id")).where(
+            col(Device.app_key) == app_key, col(Device.id) > after, *_named(request)
+        )
+    page = ids.order_by("id").limit(limit).subquery()
+    return session.execute(sa_select(func.max(page.c.id))).scalar_one_or_none()
 
 
 def default_platform(request: PushRequest) -> str:
@@ -176,14 +220,10 @@ def materialise_page(
         if push is None:
             raise NotFound("msg_id", f"no push {msg_id!r}")
         request = PushRequest.model_validate(push.request)
-        audience = audience_query(push.app_key, request).where(col(Device.id) > after_device_id)
-        page_ids = (
-            audience.with_only_columns(col(Device.id)).order_by(col(Device.id)).limit(limit)
-        ).subquery()
-        last = session.execute(sa_select(func.max(page_ids.c.id))).scalar_one_or_none()
+        last = _page_end(session, push.app_key, request, after_device_id, limit)
         if last is None:
             return None, 0
-        page = audience.where(col(Device.id) <= last)
+        page = audience_query(push.app_key, request, after_device_id, last)
         devices = [
             col(Device.app_key) == push.app_key,
             col(Device.id) > after_device_id,
