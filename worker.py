@@ -9,6 +9,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.audience import AudienceActivities
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
@@ -75,11 +76,17 @@ def build_worker(
             allowed_networks=tuple(settings.callback_allowed_networks),
         ),
     )
+    audience = AudienceActivities(engine)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[PushJourney, CallbackForwarder],
-        activities=[journey.send_stage, journey.finish_journey, callbacks.deliver_callbacks],
+        activities=[
+            audience.materialise_audience,
+            journey.send_stage,
+            journey.finish_journey,
+            callbacks.deliver_callbacks,
+        ],
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
         ),

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint, event, true
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel, create_engine
@@ -46,18 +46,45 @@ class ProviderConfig(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("app_key", "registration_id"),)
+    __table_args__ = (
+        UniqueConstraint("app_key", "registration_id"),
+        # `to.alias` finds an app's devices by alias: one index range per alias.
+        Index("ix_device_app_alias", "app_key", "alias"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     app_key: str = Field(index=True, max_length=64)
     registration_id: str = Field(max_length=2048)
     platform: str = Field(default="android", max_length=16)
+    # The device's own record of its tags, as registered; `DeviceTag` is what `to.tag` reads.
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    alias: str | None = Field(default=None, max_length=128, index=True)
+    alias: str | None = Field(default=None, max_length=128)
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     valid: bool = True
     invalid_reason: str | None = Field(default=None, max_length=500)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DeviceTag(SQLModel, table=True):
+    """One tag of one device, kept in step with `Device.tags` by `upsert_devices`: `to.tag`
+    reads the (app_key, tag) range of its key instead of every device's JSON.
+
+    Keyed by the device's id, not its registration id: an integer keeps the index small (a Web
+    Push registration id is a subscription of up to 2 KB), joins the device by its key, and is
+    the order in which the audience is materialised."""
+
+    __table_args__ = (Index("ix_devicetag_device", "device_id"),)
+
+    app_key: str = Field(primary_key=True, max_length=64)
+    tag: str = Field(primary_key=True)
+    device_id: int = Field(
+        sa_column=Column(
+            Integer,
+            ForeignKey("device.id", ondelete="CASCADE"),
+            primary_key=True,
+            nullable=False,
+        )
+    )
 
 
 class Push(SQLModel, table=True):
@@ -73,6 +100,9 @@ class Push(SQLModel, table=True):
     # Why the journey failed, in words a human can act on (e.g. the provider's credentials).
     error: str | None = Field(default=None, max_length=500)
     recipients: int = 0
+    # Recipients and stage-0 deliveries are all in the ledger. A registration_id push is
+    # materialised when accepted; a tag, alias or "all" push by the journey's first activity.
+    audience_ready: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     created_at: datetime = Field(default_factory=utcnow)
     # Recipient-level first transitions, bumped in the same transaction as the events.
     seq: int = 0

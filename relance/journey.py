@@ -33,6 +33,8 @@ class JourneyPlan(BaseModel):
     # A few known devices: each stage is first tried as a local activity, inside the workflow
     # task, which saves a round of activity and workflow tasks per stage.
     local_send: bool = False
+    # A tag, alias or "all" push: its first activity writes the audience into the ledger.
+    materialise: bool = False
 
 
 class StageCounts(BaseModel):
@@ -72,6 +74,15 @@ class JourneyStatus(BaseModel):
     next_stage_at: datetime | None = None
     progress: Progress
     stages: list[StageSummary]
+
+
+class MaterialiseInput(BaseModel):
+    msg_id: str
+
+
+class MaterialiseResult(BaseModel):
+    # The push's recipients, all in the ledger with their stage-0 deliveries.
+    recipients: int
 
 
 class SendStageInput(BaseModel):
@@ -149,6 +160,7 @@ def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
         within_seconds=resend.trigger.within.total_seconds() if resend else 0,
         stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
         local_send=ids is not None and len(ids) <= LOCAL_SEND_MAX,
+        materialise=ids is None,
     )
 
 

@@ -300,7 +300,8 @@ class DeviceIn(BaseModel):
 
     registration_id: str = Field(min_length=1, max_length=2048)
     platform: Platform = "android"
-    tags: list[str] = Field(default_factory=list, max_length=100)
+    # Each tag is a key of an index (DeviceTag): bounded like an alias.
+    tags: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=100)
     alias: str | None = Field(None, max_length=128)
     attributes: dict[str, Any] = Field(default_factory=dict)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from relance import migrate
-from relance.db import create_tables, make_engine
+from relance.db import make_engine
+from tests.relance.test_migrations import create_previous_release_ledger
 from tests.stack import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -44,9 +45,11 @@ def test_a_part_refuses_an_empty_ledger_and_names_the_upgrade(
 
 def test_upgrade_twice_then_the_api_accepts_the_ledger(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    pending = migrate.pending(make_engine(url))
     first = relance("db", "upgrade", url=url)
     assert first.returncode == 0, first.stderr
-    assert f"applied 1 revision(s) ({migrate.BASELINE})" in first.stdout
+    applied = f"applied {len(pending)} revision(s) ({', '.join(pending)})"
+    assert applied in first.stdout and f"now at {migrate.head()}" in first.stdout
     second = relance("db", "upgrade", url=url)
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout
@@ -59,7 +62,8 @@ def test_upgrade_twice_then_the_api_accepts_the_ledger(tmp_path: Path) -> None:
 def test_a_previous_release_ledger_is_refused_until_upgraded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     engine = make_engine(url)
-    create_tables(engine)  # what the last release before migrations did at startup
+    # What the last release before migrations made at startup (frozen: the models moved on).
+    create_previous_release_ledger(engine)
     engine.dispose()
     refused = relance("api", "--port", "0", url=url)
     assert refused.returncode != 0

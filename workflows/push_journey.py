@@ -14,6 +14,7 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.audience import AudienceActivities
     from activities.journey import JourneyActivities
     from relance.journey import (
         FinishInput,
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyResult,
         JourneyStatus,
+        MaterialiseInput,
         Progress,
         SendStageInput,
         SendStageResult,
@@ -111,6 +113,14 @@ class PushJourney:
         if self._next_stage == 0 and not self._cancelled:
             self._set_state(JourneyState.sending)
             sent_at = workflow.now()
+            if plan.materialise and workflow.patched("materialise-audience"):
+                await workflow.execute_activity_method(
+                    AudienceActivities.materialise_audience,
+                    MaterialiseInput(msg_id=plan.msg_id),
+                    start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=30),
+                    retry_policy=SEND_RETRY,
+                )
             await self._send(0, sent_at, plan.local_send)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds

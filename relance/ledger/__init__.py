@@ -7,6 +7,13 @@ the ledger's public surface, so callers write `ledger.accept_push(...)` wherever
 
 from relance.ledger._base import LedgerError, NotFound
 from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
+from relance.ledger.audience import (
+    audience_query,
+    count_audience,
+    finish_materialise,
+    has_audience,
+    materialise_page,
+)
 from relance.ledger.devices import invalidate_device, upsert_devices
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
 from relance.ledger.funnel import funnel, progress
@@ -14,7 +21,6 @@ from relance.ledger.providers import delete_provider, provider_configs, set_prov
 from relance.ledger.pushes import (
     Accepted,
     accept_push,
-    count_audience,
     find_push_by_request,
     forget_push,
     get_push,
@@ -41,19 +47,23 @@ __all__ = [
     "Page",
     "SendOutcomeRow",
     "accept_push",
+    "audience_query",
     "authenticate",
     "count_audience",
     "create_app",
     "delete_provider",
     "event_key",
     "find_push_by_request",
+    "finish_materialise",
     "forget_push",
     "funnel",
     "get_app",
     "get_push",
+    "has_audience",
     "ingest_events",
     "invalidate_device",
     "list_events",
+    "materialise_page",
     "new_msg_id",
     "claim_batch",
     "progress",

@@ -1,11 +1,12 @@
 """The device registry: registration ids with their platform, tags, alias and attributes, and
 whether their token is still valid."""
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from relance.db import Device, utcnow
+from relance.db import Device, DeviceTag, utcnow
+from relance.ledger._base import chunks, insert_for
 from relance.models import DeviceIn
 
 
@@ -30,8 +31,25 @@ def upsert_devices(engine: Engine, app_key: str, devices: list[DeviceIn]) -> int
             row.platform, row.tags, row.alias = d.platform, d.tags, d.alias
             row.attributes, row.valid, row.invalid_reason = d.attributes, True, None
             row.updated_at = utcnow()
+        session.flush()  # every device has its id
+        _replace_tags(session, app_key, list(known.values()))
         session.commit()
     return len(devices)
+
+
+def _replace_tags(session: Session, app_key: str, devices: list[Device]) -> None:
+    """DeviceTag follows each device's tags as just registered (the last registration of a
+    device wins): its old rows go, its new ones come, in the caller's transaction."""
+    ids = [d.id for d in devices if d.id is not None]
+    for some in chunks(ids, 1000):
+        session.execute(delete(DeviceTag).where(col(DeviceTag.device_id).in_(some)))
+    rows = [
+        {"app_key": app_key, "tag": tag, "device_id": d.id}
+        for d in devices
+        for tag in dict.fromkeys(d.tags)
+    ]
+    for chunk in chunks(rows, 1000):
+        session.execute(insert_for(session)(DeviceTag).on_conflict_do_nothing(), chunk)
 
 
 def invalidate(session: Session, app_key: str, registration_id: str, reason: str | None) -> None:

@@ -1,5 +1,6 @@
-"""Pushes: accepting one (its audience and stage-0 deliveries in one transaction), finding it,
-and recording how its journey ended."""
+"""Pushes: accepting one (a registration id list with its recipients and stage-0 deliveries in
+one transaction; a tag, alias or "all" push recorded for its journey to materialise), finding
+it, and recording how its journey ended."""
 
 import secrets
 import time
@@ -11,7 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, StatusEvent, reading, utcnow
-from relance.ledger._base import LedgerError, NotFound, chunks, insert_for
+from relance.ledger._base import LedgerError, NotFound, insert_for
+from relance.ledger.audience import (
+    EMPTY,
+    audience_query,
+    default_platform,
+    has_audience,
+    insert_audience,
+)
 from relance.models import PushRequest
 from relance.states import JourneyState
 
@@ -27,18 +35,9 @@ class Accepted:
     created: bool
 
 
-def _platforms(request: PushRequest) -> set[str] | None:
-    platform = request.body.platform
-    if platform == "all":
-        return None
-    return {platform} if isinstance(platform, str) else set(platform)
-
-
 def _register_unknown(session: Session, app_key: str, request: PushRequest, ids: list[str]) -> None:
     """A registration id not seen before is registered on the spot, on the push's platform (ON
     CONFLICT DO NOTHING: two pushes racing to the same new device both succeed)."""
-    platform = request.body.platform
-    default_platform = platform if isinstance(platform, str) and platform != "all" else "android"
     now = utcnow()
     session.execute(
         insert_for(session)(Device)
@@ -47,7 +46,7 @@ def _register_unknown(session: Session, app_key: str, request: PushRequest, ids:
                 {
                     "app_key": app_key,
                     "registration_id": rid,
-                    "platform": default_platform,
+                    "platform": default_platform(request),
                     "tags": [],
                     "attributes": {},
                     "valid": True,
@@ -60,42 +59,26 @@ def _register_unknown(session: Session, app_key: str, request: PushRequest, ids:
     )
 
 
-def _audience(session: Session, app_key: str, request: PushRequest) -> list[Device]:
-    query = select(Device).where(Device.app_key == app_key, col(Device.valid).is_(True))
-    to = request.to
-    if to != "all" and to.registration_id is not None:
-        ids = list(dict.fromkeys(to.registration_id))
-        _register_unknown(session, app_key, request, ids)
-        known = {
-            d.registration_id: d
-            for d in session.exec(query.where(col(Device.registration_id).in_(ids)))
-        }
-        devices = [known[rid] for rid in ids if rid in known]
-    elif to != "all" and to.alias is not None:
-        devices = list(session.exec(query.where(col(Device.alias).in_(to.alias))))
-    elif to != "all" and to.tag is not None:
-        wanted = set(to.tag)
-        devices = [d for d in session.exec(query) if wanted & set(d.tags)]
-    else:
-        devices = list(session.exec(query))
-    platforms = _platforms(request)
-    return [d for d in devices if platforms is None or d.platform in platforms]
-
-
 def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
-    """Record a push with its audience and stage-0 deliveries, in one transaction.
+    """Record a push, at a cost that does not grow with its audience.
+
+    A `registration_id` list (at most 1,000) gets its recipients and stage-0 deliveries in the
+    same transaction, unknown ids registered on the spot. A tag, alias or "all" push is only
+    checked to reach someone (one row read) and recorded with `audience_ready` False: its
+    journey materialises the audience (`materialise_page`, `finish_materialise`).
 
     The same request_id from the same app returns the first push (even when two race)."""
     if request.request_id is not None:
         existing = find_push_by_request(engine, app_key, request.request_id)
         if existing is not None:
             return Accepted(existing, created=False)
+    to = request.to
+    listed = None if to == "all" else to.registration_id
+    if listed is None and not has_audience(engine, app_key, request):
+        raise LedgerError("to", EMPTY)
     msg_id = new_msg_id()
     condition = request.resend.trigger.condition if request.resend else None
     with Session(engine) as session:
-        devices = _audience(session, app_key, request)
-        if not devices:
-            raise LedgerError("to", "expected at least one valid device; the audience is empty")
         push = Push(
             msg_id=msg_id,
             app_key=app_key,
@@ -103,7 +86,8 @@ def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
             request=request.model_dump(mode="json", by_alias=True),
             condition=condition.value if condition else None,
             stage_count=len(request.resend.stages) if request.resend else 0,
-            recipients=len(devices),
+            recipients=0,
+            audience_ready=listed is not None,
         )
         session.add(push)
         try:
@@ -114,32 +98,19 @@ def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
             if existing is None:
                 raise
             return Accepted(existing, created=False)
-        rows = [
-            {"msg_id": msg_id, "registration_id": d.registration_id, "platform": d.platform}
-            for d in devices
-        ]
-        for chunk in chunks(rows, 500):
-            session.execute(insert_for(session)(Recipient), chunk)
-            session.execute(
-                insert_for(session)(Delivery),
-                [
-                    {"msg_id": msg_id, "stage": 0, "registration_id": r["registration_id"]}
-                    for r in chunk
-                ],
+        if listed is not None:
+            ids = list(dict.fromkeys(listed))
+            _register_unknown(session, app_key, request, ids)
+            devices = [col(Device.app_key) == app_key, col(Device.registration_id).in_(ids)]
+            push.recipients = insert_audience(
+                session, msg_id, audience_query(app_key, request), devices
             )
+            if not push.recipients:
+                session.rollback()
+                raise LedgerError("to", EMPTY)
         session.commit()
         session.refresh(push)
         return Accepted(push, created=True)
-
-
-def count_audience(engine: Engine, app_key: str, request: PushRequest) -> int:
-    """How many devices a push would reach; stores nothing."""
-    with Session(engine) as session:
-        count = len(_audience(session, app_key, request))
-        session.rollback()
-    if not count:
-        raise LedgerError("to", "expected at least one valid device; the audience is empty")
-    return count
 
 
 def find_push_by_request(engine: Engine, app_key: str, request_id: str) -> Push | None:

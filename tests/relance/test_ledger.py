@@ -43,8 +43,19 @@ def push_request(to: Any, request_id: str | None = None, platform: Any = "all") 
     )
 
 
+def materialise(engine: Engine, msg_id: str, page: int = 2) -> int:
+    """What the journey's first activity does: the audience into the ledger, page by page."""
+    cursor: int | None = 0
+    while cursor is not None:
+        cursor, _ = ledger.materialise_page(engine, msg_id, cursor, page)
+    return ledger.finish_materialise(engine, msg_id)
+
+
 def push(engine: Engine, app: str, to: Any, **kw: Any) -> str:
-    return ledger.accept_push(engine, app, push_request(to, **kw)).push.msg_id
+    """Accept a push and materialise its audience, as accepting and the journey do."""
+    msg_id = ledger.accept_push(engine, app, push_request(to, **kw)).push.msg_id
+    materialise(engine, msg_id)
+    return msg_id
 
 
 def recipients(engine: Engine, msg_id: str) -> set[str]:

@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 
 from relance import ledger, migrate
 from relance.db import make_engine
+from relance.models import PushRequest
 
 PREVIOUS_RELEASE = Path(__file__).parent / "previous_release"
 SECRET = "previous-release-master-secret-0123456789"
@@ -93,7 +94,8 @@ ROWS = [
     "INSERT INTO device (app_key, registration_id, platform, tags, alias, attributes, valid, "
     "invalid_reason, updated_at) VALUES ('shop', 'rid-1', 'android', '[\"vip\"]', 'ann', "
     "'{\"interests\": [\"Sports\"]}', TRUE, NULL, '2026-01-02 03:04:05'), ('shop', 'dead-2', "
-    "'ios', '[]', NULL, '{}', FALSE, 'Unregistered', '2026-01-02 03:04:06')",
+    "'ios', '[]', NULL, '{}', FALSE, 'Unregistered', '2026-01-02 03:04:06'), ('shop', 'web-3', "
+    "'web', '[\"news\", \"sport\", \"news\"]', NULL, '{}', TRUE, NULL, '2026-01-02 03:04:07')",
     "INSERT INTO push (msg_id, app_key, request_id, request, condition, stage_count, state, "
     "error, recipients, created_at, seq, n_delivered, n_displayed, n_clicked, n_failed, "
     "n_stopped) VALUES ('1795429543454486250', 'shop', 'req-1', '{\"from\": \"push\"}', "
@@ -137,9 +139,10 @@ def every_row(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_the_revisions_build_the_models_schema(blank: Engine) -> None:
     assert not migrate.is_current(blank)
-    assert migrate.pending(blank) == [migrate.BASELINE]
+    pending = migrate.pending(blank)
+    assert pending[0] == migrate.BASELINE and pending[-1] == migrate.head()
     done = migrate.upgrade(blank)
-    assert done.before is None and done.applied == [migrate.BASELINE] and not done.stamped_baseline
+    assert done.before is None and done.applied == pending and not done.stamped_baseline
     assert migrate.is_current(blank) and migrate.pending(blank) == []
     assert differences(blank) == []
 
@@ -183,6 +186,36 @@ def test_a_previous_release_ledger_is_stamped_and_upgraded_keeping_every_row(
     again = migrate.upgrade(blank)
     assert again.applied == [] and not again.stamped_baseline
     assert every_row(blank) == before
+
+
+def test_the_upgrade_fills_device_tags_from_the_devices_json_tags(blank: Engine) -> None:
+    """An older ledger keeps every device's tags: `to.tag` reads DeviceTag after the upgrade,
+    and the pushes it had are materialised already."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        tags = set(
+            conn.exec_driver_sql(
+                "SELECT t.app_key, t.tag, d.registration_id FROM devicetag t "
+                "JOIN device d ON d.id = t.device_id"
+            )
+        )
+        ready = set(conn.exec_driver_sql("SELECT msg_id, audience_ready FROM push"))
+    assert tags == {("shop", "vip", "rid-1"), ("shop", "news", "web-3"), ("shop", "sport", "web-3")}
+    assert ready == {("1795429543454486250", True)}
+
+    def tagged(*tags: str) -> PushRequest:
+        return PushRequest.model_validate(
+            {"to": {"tag": list(tags)}, "body": {"notification": {"alert": "hi"}}}
+        )
+
+    assert ledger.count_audience(blank, "shop", tagged("news", "vip")) == 2
+    assert not ledger.has_audience(blank, "shop", tagged("Sports"))
 
 
 def test_a_ledger_older_than_the_baseline_is_refused(blank: Engine) -> None:

@@ -95,3 +95,44 @@ async def test_recorded_histories_replay_on_the_current_code() -> None:
     for path in files:
         history = WorkflowHistory.from_json(f"push-{path.stem}", path.read_text())
         await replayer.replay_workflow(history)
+
+
+async def test_a_tag_journey_materialises_its_audience_and_replays(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
+    async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
+        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
+        devices.append({"registration_id": "other", "tags": ["sport"]})
+        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+        body = push_body(NEWS)
+        body["to"] = {"tag": ["news"]}
+        accepted = await stack.api.post("/v4/push", json=body)
+        assert accepted.status_code == 200, accepted.text
+        msg_id = accepted.json()["msg_id"]
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await time_env.sleep(
+            timedelta(hours=6)
+        )  # past the last stage (not start_workflow's handle)
+        result = await handle.result()
+        got = {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, 0)}
+
+    assert result.state == "completed"
+    assert result.funnel.recipients == len(DEVICES)
+    assert got == dict.fromkeys(DEVICES, 1)  # the tag's devices, each once; not "other"
+    history = await handle.fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert scheduled[0] == "materialise_audience"
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
+    await replayer.replay_workflow(history)
+    prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
+    if prefix:
+        (HISTORIES / f"{prefix}-tag.json").write_text(history.to_json())  # e.g. news-tag.json

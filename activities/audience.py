@@ -1,0 +1,49 @@
+"""The journey's first activity: a tag, alias or "all" push's audience into the ledger, a page
+at a time, so that accepting it costs the same whatever its size."""
+
+import asyncio
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from relance import ledger
+from relance.journey import MaterialiseInput, MaterialiseResult
+
+
+def _cursor(details: Any) -> int:
+    """Heartbeat details come back untyped on a retry: rebuild the cursor explicitly."""
+    if isinstance(details, dict):
+        return int(details.get("cursor", 0) or 0)
+    return 0
+
+
+class AudienceActivities:
+    def __init__(self, engine: Engine, page_size: int = 5000) -> None:
+        self.engine = engine
+        # Devices per transaction: one page's recipients and deliveries, then a heartbeat.
+        self.page_size = page_size
+
+    @activity.defn
+    async def materialise_audience(self, inp: MaterialiseInput) -> MaterialiseResult:
+        """Write the push's Recipient and stage-0 Delivery rows page by page, heartbeating the
+        last device id written; a retry resumes there (a page written again adds nothing).
+        A push whose audience is ready (a registration_id list, or a finished attempt) returns
+        at once."""
+        try:
+            push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
+        except ledger.NotFound as exc:
+            raise ApplicationError(str(exc), non_retryable=True) from exc
+        if push.audience_ready:
+            return MaterialiseResult(recipients=push.recipients)
+        details = activity.info().heartbeat_details
+        cursor: int | None = _cursor(details[0]) if details else 0
+        while cursor is not None:
+            cursor, _ = await asyncio.to_thread(
+                ledger.materialise_page, self.engine, inp.msg_id, cursor, self.page_size
+            )
+            if cursor is not None:
+                activity.heartbeat({"cursor": cursor})
+        recipients = await asyncio.to_thread(ledger.finish_materialise, self.engine, inp.msg_id)
+        return MaterialiseResult(recipients=recipients)

@@ -1,0 +1,94 @@
+"""The materialise_audience activity in Temporal's ActivityEnvironment, on SQLite and
+PostgreSQL: it heartbeats its cursor, a retry resumes from the heartbeat it is handed, and it
+ends with the push's recipients counted."""
+
+import dataclasses
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.audience import AudienceActivities
+from relance import ledger
+from relance.journey import MaterialiseInput, MaterialiseResult
+from tests.relance.test_audience import rows
+from tests.relance.test_ledger import push_request, register
+
+EXPECTED = sorted(f"m{i:02d}" for i in range(11))
+
+
+@pytest.fixture
+def msg_id(engine: Engine) -> str:
+    app = ledger.create_app(engine, "shop")[0]
+    register(engine, app, *({"registration_id": r, "tags": ["many"]} for r in EXPECTED))
+    register(engine, app, {"registration_id": "other", "tags": ["few"]})
+    return ledger.accept_push(engine, app, push_request({"tag": ["many"]})).push.msg_id
+
+
+def environment(heartbeat: Any = None, attempt: int = 1) -> tuple[ActivityEnvironment, list[Any]]:
+    """An activity environment that records heartbeats; `heartbeat` as a retry would get it."""
+    env, beats = ActivityEnvironment(), []
+    env.info = dataclasses.replace(
+        env.info, attempt=attempt, heartbeat_details=[] if heartbeat is None else [heartbeat]
+    )
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    return env, beats
+
+
+async def test_it_writes_the_audience_page_by_page_heartbeating_its_cursor(
+    engine: Engine, msg_id: str
+) -> None:
+    env, beats = environment()
+    result = await env.run(
+        AudienceActivities(engine, page_size=4).materialise_audience,
+        MaterialiseInput(msg_id=msg_id),
+    )
+    assert result == MaterialiseResult(recipients=11)
+    assert len(beats) == 3 and all(set(b) == {"cursor"} for b in beats)
+    cursors = [b["cursor"] for b in beats]
+    assert cursors == sorted(cursors)
+    assert rows(engine, msg_id) == (EXPECTED, EXPECTED)
+    push = ledger.get_push(engine, None, msg_id)
+    assert push.audience_ready and push.recipients == 11
+
+
+async def test_a_retry_resumes_from_its_heartbeat(engine: Engine, msg_id: str) -> None:
+    """The first attempt died after two pages (and a third, written but not heartbeaten):
+    the retry starts from the last heartbeat and ends with everyone once."""
+    cursors, cursor = [], 0
+    for _page in range(3):
+        last, _ = ledger.materialise_page(engine, msg_id, cursor, 3)
+        assert last is not None
+        cursors.append(cursor := last)
+    heartbeat = {"cursor": cursors[1]}
+    assert ledger.get_push(engine, None, msg_id).recipients == 0
+
+    env, beats = environment(heartbeat, attempt=2)
+    result = await env.run(
+        AudienceActivities(engine, page_size=3).materialise_audience,
+        MaterialiseInput(msg_id=msg_id),
+    )
+    assert result.recipients == 11
+    assert beats and beats[0]["cursor"] > heartbeat["cursor"]
+    assert len(beats) == 2  # 5 devices left after the heartbeat: two pages, not four
+    assert rows(engine, msg_id) == (EXPECTED, EXPECTED)
+
+
+async def test_a_ready_audience_returns_at_once(engine: Engine, msg_id: str) -> None:
+    activities = AudienceActivities(engine, page_size=100)
+    env, _ = environment()
+    first = await env.run(activities.materialise_audience, MaterialiseInput(msg_id=msg_id))
+    env, beats = environment({"cursor": "garbage"}, attempt=3)
+    again = await env.run(activities.materialise_audience, MaterialiseInput(msg_id=msg_id))
+    assert first == again == MaterialiseResult(recipients=11) and beats == []
+
+
+async def test_an_unknown_push_is_not_retried(engine: Engine) -> None:
+    env, _ = environment()
+    with pytest.raises(ApplicationError) as info:
+        await env.run(
+            AudienceActivities(engine).materialise_audience, MaterialiseInput(msg_id="nope")
+        )
+    assert info.value.non_retryable
