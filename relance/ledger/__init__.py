@@ -34,7 +34,6 @@ from relance.ledger.sending import (
     claim_batch,
     record_outcomes,
     select_resend_audience,
-    stage_counts,
     stage_result,
 )
 
@@ -73,7 +72,6 @@ __all__ = [
     "set_callbacks",
     "set_provider",
     "set_state",
-    "stage_counts",
     "stage_result",
     "upsert_devices",
 ]

@@ -243,14 +243,3 @@ def stage_result(engine: Engine, msg_id: str, stage: int) -> tuple[dict[str, int
         ).all()
         push = session.get(Push, msg_id)
         return {status: int(n) for status, n in rows}, progress_of(push)
-
-
-def stage_counts(engine: Engine, msg_id: str, stage: int) -> dict[str, int]:
-    """How many of the stage's deliveries are in each DeliveryStatus."""
-    with Session(reading(engine)) as session:
-        rows = session.execute(
-            sa_select(col(Delivery.status), func.count())
-            .where(col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage)
-            .group_by(col(Delivery.status))
-        ).all()
-    return {status: int(n) for status, n in rows}

@@ -359,7 +359,7 @@ def test_a_dead_token_invalidates_the_device(engine: Engine, app: str) -> None:
     msg_id = push(engine, app, {"registration_id": ["a", "b", "c"]})
     assert send(engine, msg_id, 0, dead=frozenset("c")) == ["a", "b"]
 
-    assert ledger.stage_counts(engine, msg_id, 0) == {"sent": 2, "failed": 1}
+    assert ledger.stage_result(engine, msg_id, 0)[0] == {"sent": 2, "failed": 1}
     p = ledger.progress(engine, msg_id)
     assert (p.failed, p.stopped) == (1, 1)
     with Session(engine) as s:
