@@ -40,7 +40,7 @@ def start_dev(cwd: Path, env: dict[str, str], ports: dict[str, int]) -> subproce
 
 def stop_dev(proc: subprocess.Popen[str], ports: dict[str, int]) -> None:
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    proc.wait(timeout=90)  # relance dev gives each part up to 15 s, then kills it
     for port in ports.values():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
