@@ -1,6 +1,9 @@
 """Shared dependencies: the ledger engine, the Temporal client, the authenticated app."""
 
 import asyncio
+import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -17,6 +20,41 @@ from relance.db import App
 from relance.settings import Settings
 
 
+class AuthCache:
+    """Apps that authenticated lately, so a burst of requests does not read the ledger for each.
+
+    Only successes are kept, keyed by the app key and the SHA-256 of the secret that was given
+    (never the secret itself), for `ttl` seconds from the ledger read: a wrong secret is always
+    checked against the ledger, and a rotated or removed secret stops working within `ttl`.
+    A `ttl` of 0 turns it off. At most `size` entries: when full it starts again empty."""
+
+    def __init__(
+        self, ttl: float, size: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl, self.size, self.clock = ttl, size, clock
+        self._apps: dict[tuple[str, bytes], tuple[float, App]] = {}
+
+    @staticmethod
+    def key(app_key: str, secret: str) -> tuple[str, bytes]:
+        return app_key, hashlib.sha256(secret.encode()).digest()
+
+    def get(self, key: tuple[str, bytes]) -> App | None:
+        found = self._apps.get(key)
+        if found is None:
+            return None
+        if found[0] <= self.clock():
+            self._apps.pop(key, None)
+            return None
+        return found[1]
+
+    def put(self, key: tuple[str, bytes], app: App) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._apps) >= self.size:
+            self._apps.clear()
+        self._apps[key] = (self.clock() + self.ttl, app)
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -26,6 +64,7 @@ class Context:
     # SQLite has one writer at a time and its busy wait is not fair: event batches queue here
     # instead, so the worker's writes (sends, callback deliveries) are not starved by them.
     event_writes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    auth: AuthCache = field(default_factory=lambda: AuthCache(0))
 
 
 def get_context(request: Request) -> Context:
@@ -44,11 +83,16 @@ async def authenticated_app(
         raise ApiError(
             401, "authorization: expected HTTP Basic appKey:masterSecret", "authorization"
         )
+    key = AuthCache.key(credentials.username, credentials.password)
+    app = ctx.auth.get(key)
+    if app is not None:
+        return app
     app = await run_in_threadpool(
         ledger.authenticate, ctx.engine, credentials.username, credentials.password
     )
     if app is None:
         raise ApiError(401, "authorization: unknown appKey or wrong masterSecret", "authorization")
+    ctx.auth.put(key, app)
     return app
 
 

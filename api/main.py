@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from temporalio.client import Client
 
 from api import errors
-from api.deps import Context
+from api.deps import AuthCache, Context
 from api.routes import callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
 from relance.db import make_engine
@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
     ensure_current(engine)
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
-    context = Context(settings, engine, coalescer, client)
+    context = Context(
+        settings, engine, coalescer, client, auth=AuthCache(settings.auth_cache_seconds)
+    )
     if engine.dialect.name == "sqlite":
         context.event_writes = asyncio.Semaphore(1)
 

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9464, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"
     api_metrics: bool = True
+    # How long the API trusts an appKey:masterSecret it has checked against the ledger (only
+    # successes, keyed by the SHA-256 of the secret): a rotated or removed secret still works
+    # for up to this many seconds in a running API. 0: read the ledger for every request.
+    auth_cache_seconds: float = Field(5.0, ge=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -116,9 +116,11 @@ def _settings_out(app: Any) -> CallbackSettingsOut:
 
 
 @router.get("/v4/app/callback", response_model=CallbackSettingsOut)
-async def get_callback_settings(app: AppDep) -> CallbackSettingsOut:
+async def get_callback_settings(app: AppDep, ctx: ContextDep) -> CallbackSettingsOut:
     """The app's default callback URLs (used when a push names none) and signing username."""
-    return _settings_out(app)
+    # Read again: the authenticated app may come from the API's cache (api/deps.py), from
+    # before a PUT that another API process answered.
+    return _settings_out(await run_in_threadpool(ledger.get_app, ctx.engine, app.app_key))
 
 
 @router.put("/v4/app/callback", response_model=CallbackSettingsOut)

@@ -139,6 +139,52 @@ def test_same_request_id_returns_the_same_push(engine: Engine, app: str) -> None
     assert count(engine, Recipient) == 2
 
 
+def test_the_accepted_push_is_what_the_ledger_holds(engine: Engine, app: str) -> None:
+    register(engine, app, {"registration_id": "a", "platform": "ios"})
+    request = push_request({"registration_id": ["a", "new", "a"]}, "r-1")
+    accepted = ledger.accept_push(engine, app, request)
+    stored = ledger.get_push(engine, app, accepted.push.msg_id)
+    assert accepted.push.model_dump() == stored.model_dump()
+    assert stored.recipients == 2 and stored.audience_ready and stored.state == "accepted"
+    assert count(engine, Delivery, msg_id=stored.msg_id, stage=0, status="pending") == 2
+    with Session(engine) as s:
+        q = select(Recipient.registration_id, Recipient.platform)
+        assert {tuple(r) for r in s.execute(q)} == {("a", "ios"), ("new", "android")}
+
+
+def test_a_request_retried_after_its_devices_went_invalid_is_the_same_push(
+    engine: Engine, app: str
+) -> None:
+    first = ledger.accept_push(engine, app, push_request({"registration_id": ["a"]}, "r-1"))
+    with Session(engine) as s:
+        s.execute(update(Device).values(valid=False))
+        s.commit()
+    again = ledger.accept_push(engine, app, push_request({"registration_id": ["a"]}, "r-1"))
+    assert again.push.msg_id == first.push.msg_id and not again.created
+    with pytest.raises(LedgerError) as info:
+        ledger.accept_push(engine, app, push_request({"registration_id": ["a"]}, "r-2"))
+    assert info.value.field == "to"
+    assert count(engine, Push) == 1
+
+
+def test_racing_the_same_request_id_of_a_tag_push_records_one_push(
+    engine: Engine, app: str
+) -> None:
+    register(engine, app, *({"registration_id": f"d{i}", "tags": ["news"]} for i in range(3)))
+    start = threading.Barrier(8)
+
+    def attempt(_: int) -> tuple[str, bool]:
+        start.wait()
+        accepted = ledger.accept_push(engine, app, push_request({"tag": ["news"]}, "race"))
+        return accepted.push.msg_id, accepted.created
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(8)))
+    assert len({msg_id for msg_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert count(engine, Push) == 1 and count(engine, Recipient) == 0
+
+
 def test_request_ids_are_per_app(engine: Engine, app: str) -> None:
     other = ledger.create_app(engine, "other")[0]
     mine = push(engine, app, {"registration_id": ["a"]}, request_id="r-1")
