@@ -278,6 +278,11 @@ def dev(
     from relance import ledger, migrate
     from relance.db import make_engine
 
+    # Ctrl-C stops everything even when this was started with SIGINT ignored (as a background
+    # job of a non-interactive shell is), and SIGTERM stops it the same way; the parts are
+    # then started with the default dispositions, so they stop on the signals we forward.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = get_settings()
     STATE_DIR.mkdir(exist_ok=True)
     key, secret = _dev_credentials(settings, create=True)
