@@ -96,7 +96,8 @@ class Push(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     condition: str | None = Field(default=None, max_length=32)
     stage_count: int = 0
-    state: str = Field(default="accepted", max_length=32)
+    # Indexed: /metrics counts journeys by state at every scrape.
+    state: str = Field(default="accepted", max_length=32, index=True)
     # Why the journey failed, in words a human can act on (e.g. the provider's credentials).
     error: str | None = Field(default=None, max_length=500)
     recipients: int = 0
