@@ -47,13 +47,15 @@ def enqueue(session: Session, push: Push, events: list[dict[str, Any]]) -> int:
     urls = callback_urls(push.request, app.callback_urls if app else [])
     if not urls:
         return 0
+    # The push's columns read once, not through the ORM's attributes for every row.
+    app_key, msg_id, request = push.app_key, push.msg_id, push.request
     rows = [
         {
-            "app_key": push.app_key,
+            "app_key": app_key,
             "url": url,
             "event_id": e["event_id"],
-            "msg_id": push.msg_id,
-            "row": callback_row(push.request, e),
+            "msg_id": msg_id,
+            "row": callback_row(request, e),
             "batch_id": None,
             "created_at": utc(e.get("received_at") or e["at"]),
         }
