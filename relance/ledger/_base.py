@@ -1,6 +1,6 @@
 """What every ledger module shares: the errors the ledger raises and two SQL helpers."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,3 +37,21 @@ def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def on_postgresql(session: Session) -> bool:
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+def unnest(columns: dict[str, str]) -> str:
+    """`unnest(%(a)b::text[], ...) WITH ORDINALITY AS v(a, ..., ord)` for PostgreSQL: one
+    array parameter per column (name: SQL type), whatever the number of rows; psycopg sends
+    each list as one array, with no per-value bind processing."""
+    arrays = ", ".join(f"%({c})b::{t}[]" for c, t in columns.items())
+    return f"unnest({arrays}) WITH ORDINALITY AS v({', '.join(columns)}, ord)"
+
+
+def arrays(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> dict[str, list[Any]]:
+    """Rows as one list per column: the parameters of `unnest`."""
+    rows = list(rows)
+    return {c: [row[c] for row in rows] for c in columns}

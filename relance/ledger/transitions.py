@@ -15,6 +15,7 @@ from sqlalchemy import and_, bindparam, case, func, update
 from sqlmodel import Session, col
 
 from relance.db import Delivery, Push, Recipient
+from relance.ledger._base import arrays, on_postgresql, unnest
 from relance.models import EventStatus, TriggerCondition
 
 # The status that ends a recipient's journey for each trigger condition.
@@ -102,9 +103,43 @@ def apply_status(
         setattr(recipient, column, value)
 
 
+# PostgreSQL: the same writes as one UPDATE ... FROM unnest(arrays), one array per column.
+def _sql_type(column: str) -> str:
+    if column in STAMPED:
+        return "timestamptz"
+    return "bool" if column in ("stopped", "set_error") else "text"
+
+
+_PG_RECIPIENT_COLUMNS = {"id": "bigint"} | {c: _sql_type(c) for c in RECIPIENT_STATE}
+_PG_WRITE_RECIPIENTS = (
+    f"UPDATE {Recipient.__table__.name} AS t "  # type: ignore[attr-defined]
+    f"SET {', '.join(f'{c} = v.{c}' for c in RECIPIENT_STATE)} "
+    f"FROM {unnest(_PG_RECIPIENT_COLUMNS)} WHERE t.id = v.id"
+)
+# Each stamp only where still empty; the error only with a first failure (`set_error`: the
+# folded stamps hold an error), judged on the delivery's failed_at before this statement.
+_PG_DELIVERY_COLUMNS = {"msg_id": "text", "registration_id": "text", "stage": "int"} | {
+    c: _sql_type(c) for c in (*DELIVERY_STATE, "set_error")
+}
+_PG_STAMP_DELIVERIES = (
+    f"UPDATE {Delivery.__table__.name} AS t SET "  # type: ignore[attr-defined]
+    + ", ".join(f"{c} = coalesce(t.{c}, v.{c})" for c in STAMPED)
+    + ", error = CASE WHEN v.set_error AND t.failed_at IS NULL THEN v.error ELSE t.error END"
+    f" FROM {unnest(_PG_DELIVERY_COLUMNS)} WHERE t.msg_id = v.msg_id AND t.stage = v.stage"
+    " AND t.registration_id = v.registration_id"
+)
+
+
 def write_recipients(session: Session, states: Iterable[Mapping[str, Any]]) -> None:
     """Write recipients' new states (RECIPIENT_STATE and `id`, as `advance` left them) in one
     bulk UPDATE by id. The caller holds them locked since it read them."""
+    if on_postgresql(session):
+        states = list(states)
+        if states:
+            session.connection().exec_driver_sql(
+                _PG_WRITE_RECIPIENTS, arrays(states, ("id", *RECIPIENT_STATE))
+            )
+        return
     params = [{f"b_{k}": state[k] for k in ("id", *RECIPIENT_STATE)} for state in states]
     if not params:
         return
@@ -125,6 +160,18 @@ def stamp_deliveries(
     empty, the error only with a first failure, as `first_stamps` does one by one. One bulk
     UPDATE per set of columns; a delivery that does not exist is left alone."""
     table = Delivery.__table__  # type: ignore[attr-defined]
+    if on_postgresql(session):
+        rows = [
+            {"msg_id": m, "registration_id": r, "stage": stage, "set_error": "error" in new}
+            | {c: new.get(c) for c in DELIVERY_STATE}
+            for (m, r, stage), new in stamps.items()
+            if new
+        ]
+        if rows:
+            session.connection().exec_driver_sql(
+                _PG_STAMP_DELIVERIES, arrays(rows, _PG_DELIVERY_COLUMNS)
+            )
+        return
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for (msg_id, registration_id, stage), new in stamps.items():
         if new:
