@@ -226,7 +226,7 @@ def _dev_credentials(settings: Settings, create: bool) -> tuple[str, str]:
     return key, secret
 
 
-def _wait_port(port: int, timeout: float = 60) -> None:
+def wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -311,15 +311,15 @@ def dev(
     temporal = temporal_dev_command(STATE_DIR / "temporal.db", temporal_port, ui_port)
     try:
         procs.append(subprocess.Popen(temporal, env=env))
-        _wait_port(temporal_port)
+        wait_port(temporal_port)
         procs.append(subprocess.Popen([*me, "worker"], env=env))
         procs.append(subprocess.Popen([*me, "api", "--port", str(api_port)], env=env))
         if simulate:
             procs.append(
                 subprocess.Popen([*me, "simulator", "--port", str(simulator_port)], env=env)
             )
-            _wait_port(simulator_port)
-        _wait_port(api_port)
+            wait_port(simulator_port)
+        wait_port(api_port)
         typer.echo(
             "\nrelance is up\n"
             f"  API + docs    http://127.0.0.1:{api_port}/docs\n"

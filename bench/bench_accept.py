@@ -32,17 +32,15 @@ from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+import harness  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from api.main import create_app  # noqa: E402
 from relance import ledger, migrate  # noqa: E402
-from relance.binaries import temporal_cli  # noqa: E402
 from relance.db import Device, make_engine, utcnow  # noqa: E402
 from relance.settings import Settings  # noqa: E402
 from tests.pgserver import postgres_available, running_postgres  # noqa: E402
 from tests.stack import free_port, serve  # noqa: E402
-from workflows.push_journey import APP, MSG_ID, STATE  # noqa: E402
 
 TAG = "bench"
 DEVICES = {
@@ -184,12 +182,7 @@ def database(db: str, tmp: Path) -> Iterator[str]:
 
 async def main(args: argparse.Namespace) -> None:
     print(machine())
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(),
-        search_attributes=[MSG_ID, APP, STATE],
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
+    env = await harness.local_dev_server()
     try:
         for db in args.db.split(","):
             with tempfile.TemporaryDirectory() as tmp, database(db, Path(tmp)) as url:

