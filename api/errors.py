@@ -11,9 +11,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relance.ledger import LedgerError, NotFound
 
-# Codes follow EngageLab's where one exists (21002 missing/malformed, 21003 invalid value,
-# 21004 authentication failed); relance adds 21404 not found, 21409 conflict, 21503 unavailable.
-CODES = {400: 21002, 401: 21004, 404: 21404, 405: 21001, 409: 21409, 422: 21003, 503: 21503}
+# Codes follow EngageLab's where one exists: an invalid parameter is HTTP 400 with code 21003
+# (as EngageLab answers, and its SDKs expect), 21004 authentication failed, 23008 over the rate
+# limit; relance adds 21404 not found, 21409 conflict, 21503 unavailable.
+INVALID = 400
+CODES = {
+    400: 21003,
+    401: 21004,
+    404: 21404,
+    405: 21001,
+    409: 21409,
+    422: 21003,
+    429: 23008,
+    503: 21503,
+}
 
 
 class ApiError(Exception):
@@ -88,13 +99,14 @@ def install(app: FastAPI) -> None:
         first = details[0]
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         return JSONResponse(
-            error_body(422, f"{first['field']}: {first['message']}{more}", details), status_code=422
+            error_body(INVALID, f"{first['field']}: {first['message']}{more}", details),
+            status_code=INVALID,
         )
 
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
         # The ledger says what is wrong; the API says what that means in HTTP.
-        status = 404 if isinstance(exc, NotFound) else 422
+        status = 404 if isinstance(exc, NotFound) else INVALID
         return JSONResponse(
             error_body(
                 status,

@@ -99,12 +99,12 @@ class Requeued(BaseModel):
 
 
 async def check_urls(ctx: Context, urls: list[str], field: str) -> None:
-    """422 naming the URL that relance must not call (see relance.callbacks)."""
+    """400 naming the URL that relance must not call (see relance.callbacks)."""
     for i, url in enumerate(urls):
         try:
             await run_in_threadpool(check_callback_url, url, ctx.settings.callback_allowed_networks)
         except UnsafeCallbackUrl as exc:
-            raise ApiError(422, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
+            raise ApiError(400, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
 
 
 def _settings_out(app: Any) -> CallbackSettingsOut:

@@ -92,7 +92,7 @@ async def put_provider(
     unsupported = [p for p in body.platforms if p not in PLATFORMS[provider]]
     if unsupported:
         raise ApiError(
-            422, f"platforms: {provider} cannot reach {', '.join(unsupported)}", "platforms"
+            400, f"platforms: {provider} cannot reach {', '.join(unsupported)}", "platforms"
         )
     try:
         credentials = model.model_validate(body.credentials)
@@ -100,7 +100,7 @@ async def put_provider(
         first = exc.errors(include_input=False)[0]
         where = ".".join(str(p) for p in ("credentials", *first["loc"]))
         field, message = located(where, dict(first))
-        raise ApiError(422, f"{field}: {message}", field) from None
+        raise ApiError(400, f"{field}: {message}", field) from None
     config = await run_in_threadpool(
         ledger.set_provider,
         ctx.engine,

@@ -52,7 +52,7 @@ async def engagelab_callback(request: Request, ctx: ContextDep) -> Response:
     try:
         parsed = parse_callback(body)
     except ValueError as exc:
-        raise ApiError(422, str(exc), "rows") from None
+        raise ApiError(400, str(exc), "rows") from None
     by_app: dict[str, list[Any]] = {}
     for relay in parsed.events:
         try:

@@ -151,9 +151,9 @@ async def test_callback_url_on_a_private_address_is_refused_at_push_time(
     async with stack.api() as api:
         response = await api.post("/v4/push", json=push(["silent-x"], url))
         settings = await api.put("/v4/app/callback", json={"urls": [url]})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     assert response.json()["error"]["message"].startswith("callback_url[0]: ")
-    assert settings.status_code == 422
+    assert settings.status_code == 400
 
 
 async def test_app_default_callback_url_is_used_when_the_push_names_none(

@@ -140,7 +140,7 @@ BAD = [
             ["x"],
             {"trigger": {"condition": "not_opened", "within": "2h"}, "stages": [{"after": "1h"}]},
         ),
-        422,
+        400,
         "resend.trigger.condition",
     ),
     (
@@ -149,7 +149,7 @@ BAD = [
             ["x"],
             {"trigger": {"condition": "not_clicked", "within": "2h"}, "stages": [{"after": "-1h"}]},
         ),
-        422,
+        400,
         "resend.stages[0].after",
     ),
     (
@@ -161,7 +161,7 @@ BAD = [
                 "stages": [{"after": "3h"}, {"after": "1h"}],
             },
         ),
-        422,
+        400,
         "stages[1].after",
     ),
     (
@@ -173,11 +173,11 @@ BAD = [
                 "stages": [{"after": "1h"}],
             },
         ),
-        422,
+        400,
         "resend.trigger.within",
     ),
-    ("empty audience", {**body(["x"]), "to": {"tag": ["nobody-has-this-tag"]}}, 422, "to"),
-    ("no audience values", {**body(["x"]), "to": {"registration_id": []}}, 422, "to"),
+    ("empty audience", {**body(["x"]), "to": {"tag": ["nobody-has-this-tag"]}}, 400, "to"),
+    ("no audience values", {**body(["x"]), "to": {"registration_id": []}}, 400, "to"),
 ]
 
 

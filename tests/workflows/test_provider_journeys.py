@@ -140,7 +140,7 @@ async def test_wrong_credentials_fail_the_push_with_an_actionable_message(
                 "/v4/app/providers/webpush",
                 json={"platforms": ["web"], "credentials": {"private_key": "nope", "subject": "x"}},
             )
-            assert bad.status_code == 422 and "credentials.private_key" in bad.text
+            assert bad.status_code == 400 and "credentials.private_key" in bad.text
             assert "nope" not in bad.text
         finally:
             await fake.stop()
