@@ -7,6 +7,8 @@ name tokens "<run>:<n>"), so that asking how far a run got costs nothing per mes
 
     GET /runs/{run}             {"count": n, "first": t, "last": t}
     GET /runs/{run}/arrivals    {"arrivals": [[token, t], ...]}, first arrival of each message
+    GET /runs/{run}/stages      {stage: {"messages": n, "devices": d, "duplicates": n - d}},
+                                by the `relance_stage` data field relance puts on each message
 
 Run: python bench/fake_fcm.py --port 8765 (the benches start it for you, in its own process,
 so that it never shares an event loop with what it measures)."""
@@ -22,6 +24,9 @@ class Arrivals:
     def __init__(self) -> None:
         self.runs: dict[str, list[tuple[str, float]]] = {}
         self.total = 0
+        # run -> stage -> distinct tokens, and messages: "exactly once per stage" is countable.
+        self.stage_tokens: dict[str, dict[str, set[str]]] = {}
+        self.stage_messages: dict[str, dict[str, int]] = {}
 
     async def token(self, request: web.Request) -> web.Response:
         await request.read()
@@ -33,8 +38,14 @@ class Arrivals:
         message = json.loads(await request.read())["message"]
         now = time.monotonic()
         token = message["token"]
-        self.runs.setdefault(token.split(":", 1)[0], []).append((token, now))
+        run = token.split(":", 1)[0]
+        self.runs.setdefault(run, []).append((token, now))
         self.total += 1
+        stage = message.get("data", {}).get("relance_stage")
+        if stage is not None:
+            self.stage_tokens.setdefault(run, {}).setdefault(stage, set()).add(token)
+            counts = self.stage_messages.setdefault(run, {})
+            counts[stage] = counts.get(stage, 0) + 1
         name = f"projects/{request.match_info['project']}/messages/0:{self.total}"
         return web.json_response({"name": name})
 
@@ -50,6 +61,21 @@ class Arrivals:
         return web.json_response({"arrivals": list(seen.items())})
 
 
+    async def stages(self, request: web.Request) -> web.Response:
+        run = request.match_info["run"]
+        tokens, messages = self.stage_tokens.get(run, {}), self.stage_messages.get(run, {})
+        return web.json_response(
+            {
+                stage: {
+                    "messages": messages[stage],
+                    "devices": len(tokens[stage]),
+                    "duplicates": messages[stage] - len(tokens[stage]),
+                }
+                for stage in sorted(messages)
+            }
+        )
+
+
 def app() -> web.Application:
     arrivals = Arrivals()
     application = web.Application(client_max_size=1 << 20)
@@ -57,6 +83,7 @@ def app() -> web.Application:
     application.router.add_post("/v1/projects/{project}/messages:send", arrivals.send)
     application.router.add_get("/runs/{run}", arrivals.summary)
     application.router.add_get("/runs/{run}/arrivals", arrivals.arrivals)
+    application.router.add_get("/runs/{run}/stages", arrivals.stages)
     return application
 
 

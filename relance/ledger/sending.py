@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
 from relance.journey import Progress
-from relance.ledger._base import NotFound, chunks, insert_for
+from relance.ledger._base import NotFound, arrays, chunks, insert_for, on_postgresql, unnest
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
@@ -129,12 +129,33 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
                 Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
             )
         for ids, status in ((skipped, DeliveryStatus.skipped), (claimed, DeliveryStatus.sending)):
-            if ids:
+            if not ids:
+                continue
+            if on_postgresql(session):  # one array parameter, not one bound value per id
+                session.connection().exec_driver_sql(_PG_MARK, {"status": status.value, "ids": ids})
+            else:
                 session.execute(
                     update(Delivery).where(col(Delivery.id).in_(ids)).values(status=status.value)
                 )
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
+
+
+_DELIVERY = Delivery.__tablename__
+_PG_MARK = f"UPDATE {_DELIVERY} SET status = %(status)s WHERE id = ANY(%(ids)b::int[])"
+# PostgreSQL: a page's outcomes as one array per column, joined by id in one UPDATE (psycopg
+# sends each list as one binary array; an executemany bound and sent every row on its own).
+_PG_OUTCOME_COLUMNS = {
+    "id": "int",
+    "title": "text",
+    "alert": "text",
+    "status": "text",
+    "sent_at": "timestamptz",
+}
+_PG_RECORD = (
+    f"UPDATE {_DELIVERY} AS d SET title = v.title, alert = v.alert, status = v.status, "
+    f"sent_at = v.sent_at FROM {unnest(_PG_OUTCOME_COLUMNS)} WHERE d.id = v.id"
+)
 
 
 @dataclass
@@ -178,7 +199,9 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
             }
             for o in outcomes
         ]
-        if rows:
+        if rows and on_postgresql(session):
+            session.connection().exec_driver_sql(_PG_RECORD, arrays(rows, _PG_OUTCOME_COLUMNS))
+        elif rows:
             session.execute(update(Delivery), rows)  # bulk UPDATE by primary key
         events = [
             {
