@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from sqlalchemy import ColumnElement, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -55,3 +56,13 @@ def arrays(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> dict[st
     """Rows as one list per column: the parameters of `unnest`."""
     rows = list(rows)
     return {c: [row[c] for row in rows] for c in columns}
+
+
+def among(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter whatever the
+    number of values, so the statement's text (and the server's parse) is the same for every
+    batch, where an IN list of n bound values is a new statement for each n."""
+    values = list(values)
+    if on_postgresql(session):
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)

@@ -14,7 +14,15 @@ from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Push, Recipient, StatusEvent, reading, utcnow
 from relance.ledger import outbox
-from relance.ledger._base import LedgerError, NotFound, arrays, insert_for, on_postgresql, unnest
+from relance.ledger._base import (
+    LedgerError,
+    NotFound,
+    among,
+    arrays,
+    insert_for,
+    on_postgresql,
+    unnest,
+)
 from relance.ledger.devices import invalidate
 from relance.ledger.transitions import (
     DELIVERY_STATE,
@@ -77,8 +85,8 @@ def ingest_events(
                 *(_RECIPIENT.c[c] for c in ("id", "msg_id", "registration_id", *RECIPIENT_STATE))
             )
             .where(
-                _RECIPIENT.c.msg_id.in_(msg_ids),
-                _RECIPIENT.c.registration_id.in_(registration_ids),
+                among(session, _RECIPIENT.c.msg_id, msg_ids),
+                among(session, _RECIPIENT.c.registration_id, registration_ids),
             )
             .order_by(_RECIPIENT.c.id)  # one locking order for every batch: no deadlock
         )
@@ -163,8 +171,8 @@ def _latest_sent(session: Session, events: list[StatusEventIn]) -> dict[tuple[st
     query = (
         sa_select(table.c.msg_id, table.c.registration_id, func.max(table.c.stage))
         .where(
-            table.c.msg_id.in_({e.msg_id for e in events}),
-            table.c.registration_id.in_({e.registration_id for e in events}),
+            among(session, table.c.msg_id, {e.msg_id for e in events}),
+            among(session, table.c.registration_id, {e.registration_id for e in events}),
             table.c.status.in_([s.value for s in _MAYBE_SENT]),
         )
         .group_by(table.c.msg_id, table.c.registration_id)
