@@ -255,11 +255,6 @@ class Audience(BaseModel):
             raise ValueError(f"{alone[0]}: cannot be combined with {others}")
         return self
 
-    @property
-    def tagged(self) -> bool:
-        """Whether the audience is read from the tag index."""
-        return self.tag is not None or self.tag_and is not None or self.tag_not is not None
-
 
 class PushRequest(BaseModel):
     """POST /v4/push."""
