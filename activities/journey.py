@@ -10,7 +10,7 @@ from temporalio import activity
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from activities.providers.registry import ProviderRegistry, Router
 from relance import ledger, metrics
-from relance.content import RenderedContent, render_stage
+from relance.content import RenderedContent, message_payload, render_stage
 from relance.forwarding import wake_forwarder
 from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
 from relance.ledger import outbox
@@ -52,18 +52,28 @@ class _StageContent:
         self.changes = [s.notification for s in resend.stages[:stage]] if resend else []
         self.templated = any(c.template for c in self.changes)
         self._by_platform: dict[str, RenderedContent] = {}
+        body = request.body
+        # A message-only push: the stages change the message, sent as data only.
+        self.source = body.notification if body.notification is not None else body.message
+        assert self.source is not None  # PushBody requires one of them
+        self.notify = body.notification is not None
+        self.fixed_message = (
+            message_payload(body.message) if body.message is not None and self.notify else None
+        )
 
     def render(self, platform: str, attributes: dict[str, Any]) -> RenderedContent:
+        assert self.source is not None
         if self.templated:
-            return render_stage(self.request.body.notification, self.changes, platform, attributes)
+            return render_stage(self.source, self.changes, platform, attributes)
         if platform not in self._by_platform:
-            self._by_platform[platform] = render_stage(
-                self.request.body.notification, self.changes, platform, {}
-            )
+            self._by_platform[platform] = render_stage(self.source, self.changes, platform, {})
         return self._by_platform[platform]
 
     def message(self, inp: SendStageInput, item: ledger.Outbound) -> OutboundMessage:
         content = self.render(item.platform, item.attributes)
+        custom = self.fixed_message
+        if not self.notify and self.request.body.message is not None:
+            custom = message_payload(self.request.body.message, content)
         return OutboundMessage(
             idempotency_key=ledger.event_key(inp.msg_id, item.registration_id, inp.stage, "send"),
             msg_id=inp.msg_id,
@@ -74,6 +84,8 @@ class _StageContent:
             alert=content.alert,
             extras=content.extras,
             time_to_live=self.request.body.options.time_to_live,
+            notify=self.notify,
+            message=custom,
         )
 
 

@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
-from api.routes import callbacks, devices, events, providers, push, relay
+from api.routes import batch, callbacks, devices, events, providers, push, relay
 from api.signals import SignalCoalescer
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.context = context
     errors.install(app)
     app.include_router(push.router)
+    app.include_router(batch.router)
     app.include_router(events.router)
     app.include_router(devices.router)
     app.include_router(callbacks.router)

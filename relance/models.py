@@ -130,6 +130,9 @@ class Notification(BaseModel):
     android: PlatformNotification | None = None
     ios: PlatformNotification | None = None
     web: PlatformNotification | None = None
+    # EngageLab's HarmonyOS section: accepted, and used for no device (relance has no hmos
+    # provider; a device registers as android, ios or web).
+    hmos: PlatformNotification | None = None
 
     @model_validator(mode="after")
     def _has_alert(self) -> "Notification":
@@ -141,6 +144,28 @@ class Notification(BaseModel):
         return self
 
 
+class Message(BaseModel):
+    """EngageLab's custom message (`body.message`): data for the app, shown by no system UI.
+    Sent alone, it goes out as a data-only message (FCM data, APNs background push, a Web Push
+    payload without a notification, EngageLab's own `message`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    title: str | None = Field(None, max_length=200)
+    msg_content: str | dict[str, Any] = Field(
+        description="The message's content: text, or a JSON object (sent as JSON text)."
+    )
+    content_type: str | None = Field(None, max_length=64)
+    extras: dict[str, Any] | None = None
+
+    @field_validator("msg_content")
+    @classmethod
+    def _not_empty(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        if v == "" or v == {}:
+            raise ValueError("expected some content")
+        return v
+
+
 class PushOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -148,32 +173,86 @@ class PushOptions(BaseModel):
 
 
 Platform = Literal["android", "ios", "web"]
+# What `body.platform` may name: relance's platforms and EngageLab's HarmonyOS, which reaches
+# no device here (none registers as hmos).
+BodyPlatform = Literal["android", "ios", "web", "hmos"]
+NOT_SUPPORTED = "not supported by relance"
 
 
 class PushBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    platform: Literal["all"] | Platform | list[Platform] = "all"
-    notification: Notification
+    platform: Literal["all"] | BodyPlatform | list[BodyPlatform] = "all"
+    notification: Notification | None = None
+    message: Message | None = None
     options: PushOptions = Field(default_factory=PushOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("live_activity", "voip"):
+                if data.get(name) is not None:
+                    raise ValueError(f"{name}: {NOT_SUPPORTED}")
+        return data
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "PushBody":
+        if self.notification is None and self.message is None:
+            raise ValueError("notification: expected notification or message (or both)")
+        if isinstance(self.platform, list) and not self.platform:
+            raise ValueError('platform: expected at least one platform, or "all"')
+        return self
 
 
 class Audience(BaseModel):
+    """EngageLab's `to`: registration ids, aliases, or tags. `tag` (any of them), `tag_and`
+    (all of them) and `tag_not` (none of them) combine as an intersection; `registration_id`
+    and `alias` stand alone."""
+
     model_config = ConfigDict(extra="forbid")
 
     registration_id: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(
         None, max_length=1000
     )
-    tag: list[str] | None = Field(None, max_length=20)
+    tag: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=20, description="Devices with any of these tags."
+    )
+    tag_and: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=20, description="Devices with every one of these tags."
+    )
+    tag_not: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=20, description="Devices with none of these tags."
+    )
     alias: list[str] | None = Field(None, max_length=1000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("seg", "live_activity_id"):
+                if data.get(name) is not None:
+                    raise ValueError(f"{name}: {NOT_SUPPORTED}")
+        return data
+
     @model_validator(mode="after")
-    def _one_kind(self) -> "Audience":
-        kinds = [k for k in ("registration_id", "tag", "alias") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError('expected exactly one of registration_id, tag, alias (or "all")')
-        if not getattr(self, kinds[0]):
-            raise ValueError(f"{kinds[0]}: expected at least one value")
+    def _kinds(self) -> "Audience":
+        kinds = [
+            k
+            for k in ("registration_id", "alias", "tag", "tag_and", "tag_not")
+            if getattr(self, k) is not None
+        ]
+        if not kinds:
+            raise ValueError(
+                'expected one of registration_id, alias, tag, tag_and, tag_not (or "all")'
+            )
+        for kind in kinds:
+            if not getattr(self, kind):
+                raise ValueError(f"{kind}: expected at least one value")
+        alone = [k for k in kinds if k in ("registration_id", "alias")]
+        if alone and len(kinds) > 1:
+            others = ", ".join(k for k in kinds if k != alone[0])
+            raise ValueError(f"{alone[0]}: cannot be combined with {others}")
         return self
 
 

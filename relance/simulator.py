@@ -42,6 +42,9 @@ class SimMessage(BaseModel):
     title: str | None = None
     alert: str
     extras: dict[str, Any] = {}
+    # A data-only message (EngageLab's custom message without a notification), and the message.
+    notify: bool = True
+    message: dict[str, Any] | None = None
 
 
 class SendBody(BaseModel):
@@ -61,7 +64,7 @@ class Fleet:
         self.received: Counter[tuple[str, int, str]] = Counter()
         self.seen_keys: set[str] = set()
         self.busy_answered: set[tuple[str, int, str]] = set()
-        self.contents: dict[tuple[str, int, str], tuple[str | None, str]] = {}
+        self.contents: dict[tuple[str, int, str], SimMessage] = {}
         self.fates: dict[tuple[str, int, str], list[str]] = {}
         self.reported: Counter[tuple[str, int, str]] = Counter()
         self._queue: list[tuple[float, int, dict[str, Any]]] = []
@@ -121,7 +124,7 @@ class Fleet:
             if m.idempotency_key in self.seen_keys:
                 continue  # a repeat of a message this device already has: shown once
             self.seen_keys.add(m.idempotency_key)
-            self.contents[key] = (m.title, m.alert)
+            self.contents[key] = m
             fate = self.fates[key] = self.fate(*key)
             rng = random.Random(f"delay:{self.behaviour.seed}:{m.idempotency_key}")
             at = now
@@ -202,12 +205,14 @@ class Fleet:
         return [
             {
                 "registration_id": rid,
-                "title": title,
-                "alert": alert,
+                "title": sim.title,
+                "alert": sim.alert,
+                "notify": sim.notify,
+                "message": sim.message,
                 "received": self.received[(m, s, rid)],
                 "fate": self.fates.get((m, s, rid), []),
             }
-            for (m, s, rid), (title, alert) in sorted(self.contents.items())
+            for (m, s, rid), sim in sorted(self.contents.items(), key=lambda kv: kv[0])
             if m == msg_id and s == stage
         ]
 

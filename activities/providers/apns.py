@@ -21,7 +21,7 @@ from activities.providers.apns_http2 import (
     unindexed,
 )
 from activities.providers.apns_token import ProviderToken, UnusableKey
-from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.base import OutboundMessage, SendOutcome, message_data
 from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import ApnsCredentials
 
@@ -187,8 +187,9 @@ class ApnsProvider:
         headers: list[RequestHeader] = [
             ("authorization", f"bearer {provider_token}"),
             ("apns-topic", self.credentials.topic),
-            ("apns-push-type", "alert"),
-            ("apns-priority", "10"),
+            # Apple requires priority 5 for background notifications.
+            ("apns-push-type", "alert" if message.notify else "background"),
+            ("apns-priority", "10" if message.notify else "5"),
             unindexed("apns-id", str(uuid.uuid5(APNS_ID_NAMESPACE, message.idempotency_key))),
         ]
         if message.time_to_live is not None:
@@ -262,10 +263,15 @@ def _tls_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
 
 
 def _payload(message: OutboundMessage) -> bytes:
+    """An alert; for a message-only push a background notification: `content-available` and
+    no alert, the message's fields as custom keys."""
+    if not message.notify:
+        payload = {**message_data(message), "aps": {"content-available": 1}}
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     alert = {"body": message.alert} if message.title is None else {
         "title": message.title, "body": message.alert
     }  # fmt: skip
-    payload = {**message.extras, "aps": {"alert": alert}}
+    payload = {**message.extras, **message_data(message), "aps": {"alert": alert}}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -16,6 +16,25 @@ class OutboundMessage(BaseModel):
     alert: str
     extras: dict[str, Any] = {}
     time_to_live: int | None = None
+    # False: a data-only message (EngageLab's custom `message` sent without a notification):
+    # nothing is shown by the system; `title`/`alert`/`extras` are the message's, for records.
+    notify: bool = True
+    # EngageLab's `message` object ({msg_content, title?, content_type?, extras?}), when the
+    # push has one: the data payload, alone or alongside the notification.
+    message: dict[str, Any] | None = None
+
+
+def message_data(message: OutboundMessage) -> dict[str, Any]:
+    """The custom message as flat data keys (FCM data, APNs custom keys): its extras, then
+    `msg_content`, `title` and `content_type`."""
+    if message.message is None:
+        return {}
+    m = message.message
+    data: dict[str, Any] = dict(m.get("extras") or {})
+    for key in ("msg_content", "title", "content_type"):
+        if m.get(key) is not None:
+            data[key] = m[key]
+    return data
 
 
 class SendOutcome(BaseModel):

@@ -144,7 +144,11 @@ def push_body(message: OutboundMessage, credentials: EngageLabCredentials) -> di
         options["time_to_live"] = message.time_to_live
     if platform == "ios":
         options["apns_production"] = credentials.apns_production
-    body: dict[str, Any] = {"platform": platform, "notification": {platform: notification}}
+    body: dict[str, Any] = {"platform": platform}
+    if message.notify:
+        body["notification"] = {platform: notification}
+    if message.message is not None:
+        body["message"] = message.message  # EngageLab's own custom message, as it was given
     if options:
         body["options"] = options
     return {

@@ -13,7 +13,7 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from activities.providers.base import OutboundMessage, SendOutcome
+from activities.providers.base import OutboundMessage, SendOutcome, message_data
 from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import FcmCredentials
 
@@ -46,28 +46,26 @@ class _NoToken(Exception):
 
 
 def fcm_message(message: OutboundMessage, collapse_key: str | None = None) -> dict[str, Any]:
-    """The v1 `message` object for one device."""
-    notification = {"body": message.alert}
-    if message.title is not None:
-        notification["title"] = message.title
+    """The v1 `message` object for one device: a notification, or for a message-only push a
+    data message (no `notification`, so the app receives it without any system display)."""
     # FCM data is a string-to-string map: non-strings travel as JSON.
-    data = {
-        k: v if isinstance(v, str) else json.dumps(v, default=str)
-        for k, v in message.extras.items()
-    }
+    fields = {**message.extras, **message_data(message)}
+    data = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in fields.items()}
     data |= {"relance_msg_id": message.msg_id, "relance_stage": str(message.stage)}
-    # The same tag on a repeated send replaces the notification instead of showing it twice.
-    android: dict[str, Any] = {"notification": {"tag": message.idempotency_key}}
+    android: dict[str, Any] = {}
+    body: dict[str, Any] = {"token": message.registration_id}
+    if message.notify:
+        notification = {"body": message.alert}
+        if message.title is not None:
+            notification["title"] = message.title
+        body["notification"] = notification
+        # The same tag on a repeated send replaces the notification instead of showing it twice.
+        android["notification"] = {"tag": message.idempotency_key}
     if message.time_to_live is not None:
         android["ttl"] = f"{message.time_to_live}s"
     if collapse_key is not None:
         android["collapse_key"] = collapse_key
-    body = {
-        "token": message.registration_id,
-        "notification": notification,
-        "data": data,
-        "android": android,
-    }
+    body |= {"data": data, "android": android}
     if message.platform == "web" and message.time_to_live is not None:
         body["webpush"] = {"headers": {"TTL": str(message.time_to_live)}}
     return body

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -240,10 +240,16 @@ class WebPushProvider:
         return SendOutcome(registration_id=rid, ok=False, error=answered)
 
     def _payload(self, message: OutboundMessage) -> bytes:
-        content = {
-            "title": message.title,
-            "body": message.alert,
-            "data": message.extras,
+        # A message-only push carries no title or body: the service worker gets the `message`
+        # and shows nothing unless it chooses to.
+        content: dict[str, Any] = (
+            {"title": message.title, "body": message.alert, "data": message.extras}
+            if message.notify
+            else {}
+        )
+        if message.message is not None:
+            content["message"] = message.message
+        content |= {
             "msg_id": message.msg_id,
             "stage": message.stage,
             "idempotency_key": message.idempotency_key,

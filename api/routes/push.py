@@ -17,7 +17,7 @@ from relance.db import utcnow
 from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.models import PushAccepted, PushRequest
 from relance.schedule import stage_offsets, stage_times
-from relance.states import TERMINAL_STATES
+from relance.states import TERMINAL_STATES, JourneyState
 from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
@@ -28,6 +28,8 @@ class PushValidated(BaseModel):
         json_schema_extra={
             "examples": [
                 {
+                    "request_id": "12345678",
+                    "msg_id": "0",
                     "recipients": 200,
                     "schedule": [
                         "2026-11-23T10:00:00Z",
@@ -39,6 +41,8 @@ class PushValidated(BaseModel):
         }
     )
 
+    request_id: str | None = None
+    msg_id: str = Field("0", description='Always "0": validating makes no push.')
     recipients: int
     schedule: list[datetime]
 
@@ -140,20 +144,16 @@ class Cancelled(BaseModel):
     state: str
 
 
-@router.post("/v4/push", response_model=PushAccepted)
-async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> PushAccepted:
-    """Send a push and start its resend journey; returns the msg_id and each stage's planned time.
-
-    Stage timing: the trigger window closes `within` after stage 0 is sent, and each resend
-    stage's `after` counts from that moment (within 2h, after 1h and 3h: send+3h and send+5h).
-    The same `request_id` from the same app returns the same msg_id and starts nothing new."""
+async def accept_and_start(ctx: ContextDep, app_key: str, request: PushRequest) -> PushAccepted:
+    """Record a push and start its journey: what POST /v4/push and each request of a batch
+    push do. Nothing half-done is left when the journey cannot start."""
     client = temporal(ctx)
     await check_urls(ctx, request.callback_url or [], "callback_url")
-    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
+    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app_key, request)
     push = accepted.push
     try:
         await start_journey(
-            client, ctx.settings.task_queue, plan_for(push.msg_id, app.app_key, request)
+            client, ctx.settings.task_queue, plan_for(push.msg_id, app_key, request)
         )
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
@@ -170,12 +170,28 @@ async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> Pus
     )
 
 
+@router.post("/v4/push", response_model=PushAccepted)
+async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> PushAccepted:
+    """Send a push and start its resend journey; returns the msg_id and each stage's planned time.
+
+    Stage timing: the trigger window closes `within` after stage 0 is sent, and each resend
+    stage's `after` counts from that moment (within 2h, after 1h and 3h: send+3h and send+5h).
+    The same `request_id` from the same app returns the same msg_id and starts nothing new."""
+    return await accept_and_start(ctx, app.app_key, request)
+
+
 @router.post("/v4/push/validate", response_model=PushValidated)
 async def validate_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> PushValidated:
-    """Run every check of POST /v4/push without sending or storing anything."""
+    """Run every check of POST /v4/push without sending or storing anything. Answers as
+    EngageLab does (`request_id`, `msg_id`; `msg_id` is "0": no push was made), plus the
+    audience size and the schedule the push would have."""
+    await check_urls(ctx, request.callback_url or [], "callback_url")
     recipients = await run_in_threadpool(ledger.count_audience, ctx.engine, app.app_key, request)
     return PushValidated(
-        recipients=recipients, schedule=stage_times(utcnow(), stage_offsets(request.resend))
+        request_id=request.request_id,
+        msg_id="0",
+        recipients=recipients,
+        schedule=stage_times(utcnow(), stage_offsets(request.resend)),
     )
 
 
@@ -229,15 +245,49 @@ async def list_callbacks(
     )
 
 
-@router.delete("/v4/push/{msg_id}", response_model=Cancelled)
-async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
-    """Stop the pending resends of a push; its journey ends as cancelled."""
-    push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
+async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> None:
+    """Signal the journey to stop pending resends. A push already withdrawn is fine when
+    `again_ok`; a journey that ended otherwise answers 409."""
+    push = await run_in_threadpool(ledger.get_push, ctx.engine, app_key, msg_id)
     if push.state in TERMINAL_STATES:
+        if again_ok and push.state == JourneyState.cancelled:
+            return
         raise ApiError(409, f"msg_id: the journey already ended ({push.state})", "msg_id")
     handle = temporal(ctx).get_workflow_handle(workflow_id(msg_id))
     description = await handle.describe()
     if description.status != WorkflowExecutionStatus.RUNNING:
+        if again_ok and description.status == WorkflowExecutionStatus.COMPLETED:
+            push = await run_in_threadpool(ledger.get_push, ctx.engine, app_key, msg_id)
+            if push.state == JourneyState.cancelled:
+                return
         raise ApiError(409, "msg_id: the journey already ended", "msg_id")
     await handle.signal(PushJourney.cancel)
+
+
+@router.delete("/v4/push/{msg_id}", response_model=Cancelled)
+async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
+    """Stop the pending resends of a push; its journey ends as cancelled."""
+    await _stop(ctx, app.app_key, msg_id, again_ok=False)
     return Cancelled(msg_id=msg_id, state="cancelling")
+
+
+class Withdrawn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"request_id": "12345678", "msg_id": "1795429543454486250"}]
+        }
+    )
+
+    request_id: str | None = None
+    msg_id: str
+
+
+@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn)
+async def withdraw_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Withdrawn:
+    """EngageLab's withdraw: stops the push's pending resends, as `DELETE /v4/push/{msg_id}`
+    does. It does not take back a notification a device already received. Withdrawing again
+    answers the same (a retry after a lost answer must not fail); a journey that already ended
+    by itself answers 409, as there is nothing left to withdraw."""
+    await _stop(ctx, app.app_key, msg_id, again_ok=True)
+    push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
+    return Withdrawn(request_id=push.request_id, msg_id=msg_id)

@@ -13,6 +13,7 @@ from relance.ledger.audience import (
     finish_materialise,
     has_audience,
     materialise_page,
+    valid_registration_ids,
 )
 from relance.ledger.devices import invalidate_device, upsert_devices
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
@@ -74,4 +75,5 @@ __all__ = [
     "set_state",
     "stage_result",
     "upsert_devices",
+    "valid_registration_ids",
 ]

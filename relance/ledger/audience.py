@@ -10,11 +10,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from relance.db import Delivery, Device, DeviceTag, Push, Recipient, reading
 from relance.ledger._base import LedgerError, NotFound, insert_for
-from relance.models import PushRequest
+from relance.models import Audience, PushRequest
 from relance.states import DeliveryStatus
 
 EMPTY = "expected at least one valid device; the audience is empty"
@@ -47,6 +48,33 @@ def _named(request: PushRequest) -> list[ColumnElement[bool]]:
     return []
 
 
+def _tag_filters(
+    app_key: str, to: Audience, after: int | None, upto: int | None
+) -> list[ColumnElement[bool]]:
+    """`tag` (any of them), each of `tag_and`, and none of `tag_not`, each an EXISTS on
+    DeviceTag's primary key (app_key, tag, device_id). The id range is repeated inside each
+    EXISTS: PostgreSQL does not carry a range across the join by itself, and would otherwise
+    hash every tagged device for each page."""
+
+    def tagged(tags: list[str]) -> ColumnElement[bool]:
+        t = aliased(DeviceTag)  # its own name: the query may already read DeviceTag outside
+        return exists().where(
+            col(t.app_key) == app_key,
+            col(t.tag).in_(tags),
+            col(t.device_id) == col(Device.id),
+            *_ids(col(t.device_id), after, upto),
+        )
+
+    where: list[ColumnElement[bool]] = []
+    if to.tag is not None:
+        where.append(tagged(list(dict.fromkeys(to.tag))))
+    for tag in dict.fromkeys(to.tag_and or []):
+        where.append(tagged([tag]))
+    if to.tag_not is not None:
+        where.append(~tagged(list(dict.fromkeys(to.tag_not))))
+    return where
+
+
 def _conditions(
     app_key: str,
     request: PushRequest,
@@ -56,9 +84,8 @@ def _conditions(
 ) -> list[ColumnElement[bool]]:
     """The WHERE of an audience: valid devices of the app, matching `to` and the platforms,
     with device ids in (after, upto]. Each kind reads an index: (app_key, registration_id),
-    (app_key, alias), DeviceTag's (app_key, tag, device_id), or the app's devices for "all".
-    The id range is repeated inside the tag's EXISTS: PostgreSQL does not carry a range across
-    the join by itself, and would otherwise hash every tagged device for each page."""
+    (app_key, alias), DeviceTag's (app_key, tag, device_id), or the app's devices for "all"
+    (and for `tag_not` alone: everyone but those tags)."""
     where: list[ColumnElement[bool]] = [
         col(Device.app_key) == app_key,
         col(Device.valid).is_(True),
@@ -66,19 +93,22 @@ def _conditions(
         *_named(request),
     ]
     to = request.to
-    if tags and to != "all" and to.tag is not None:
-        where.append(
-            exists().where(
-                col(DeviceTag.app_key) == app_key,
-                col(DeviceTag.tag).in_(list(dict.fromkeys(to.tag))),
-                col(DeviceTag.device_id) == col(Device.id),
-                *_ids(col(DeviceTag.device_id), after, upto),
-            )
-        )
+    if tags and to != "all":
+        where.extend(_tag_filters(app_key, to, after, upto))
     platforms = platforms_of(request)
     if platforms is not None:
         where.append(col(Device.platform).in_(platforms))
     return where
+
+
+def _driving_tags(to: Audience) -> list[str] | None:
+    """The tags whose index range drives a tag audience: `tag` (any of them), else the first of
+    `tag_and` (every device has it); None for `tag_not` alone, which reads the app's devices."""
+    if to.tag is not None:
+        return list(dict.fromkeys(to.tag))
+    if to.tag_and is not None:
+        return [to.tag_and[0]]
+    return None
 
 
 def audience_query(
@@ -99,10 +129,11 @@ def _page_end(
     names, read from the index `to` uses alone (validity and platform are left to the insert,
     so a page costs `limit` index entries however sparse the audience is). None: none left."""
     to = request.to
-    if to != "all" and to.tag is not None:
+    driving = _driving_tags(to) if to != "all" else None
+    if driving is not None:
         ids: Any = sa_select(col(DeviceTag.device_id).label("id")).where(
             col(DeviceTag.app_key) == app_key,
-            col(DeviceTag.tag).in_(list(dict.fromkeys(to.tag))),
+            col(DeviceTag.tag).in_(driving),
             col(DeviceTag.device_id) > after,
         )
     else:
@@ -138,23 +169,38 @@ def _unknown_ids(session: Session, app_key: str, request: PushRequest) -> int:
     return len(ids) - int(known)
 
 
+def valid_registration_ids(engine: Engine, app_key: str, ids: list[str]) -> set[str]:
+    """Which of these registration ids are registered devices of the app with a valid token
+    (one indexed read): a batch push by registration id reaches only those."""
+    if not ids:
+        return set()
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            sa_select(col(Device.registration_id)).where(
+                col(Device.app_key) == app_key,
+                col(Device.registration_id).in_(list(dict.fromkeys(ids))),
+                col(Device.valid).is_(True),
+            )
+        )
+        return {rid for (rid,) in rows}
+
+
 def has_audience(engine: Engine, app_key: str, request: PushRequest) -> bool:
     """Whether the push reaches at least one device: one row read (LIMIT 1), whatever the size
     of the audience. Unknown registration ids count, as accepting registers them."""
     to = request.to
     probe = sa_select(literal(1))
-    if to != "all" and to.tag is not None:
+    driving = _driving_tags(to) if to != "all" else None
+    if driving is not None:
         # From the tag's index to the device: a tag nobody has reads nothing, where EXISTS per
         # device (SQLite's plan) would read every device of the app first.
         probe = (
             probe.select_from(DeviceTag)
             .join(Device, col(Device.id) == col(DeviceTag.device_id))
-            .where(
-                col(DeviceTag.app_key) == app_key,
-                col(DeviceTag.tag).in_(list(dict.fromkeys(to.tag))),
-            )
+            .where(col(DeviceTag.app_key) == app_key, col(DeviceTag.tag).in_(driving))
         )
-    probe = probe.where(*_conditions(app_key, request, tags=False)).limit(1)
+    # The driving range only finds candidates: every tag condition still applies.
+    probe = probe.where(*_conditions(app_key, request)).limit(1)
     with Session(reading(engine)) as session:
         found = session.execute(probe).first()
         return found is not None or _unknown_ids(session, app_key, request) > 0

@@ -381,3 +381,20 @@ async def test_a_payload_over_4kb_is_refused_without_sending(apns: Apns) -> None
 
 async def test_apns_cannot_tell_what_it_already_received(apns: Apns) -> None:
     assert await apns.provider().already_received(["m1:x:0:send"]) is None
+
+
+async def test_a_message_only_push_is_a_background_notification(apns: Apns) -> None:
+    custom = {"msg_content": "sync now", "title": "sync", "extras": {"kind": "order"}}
+    [outcome] = await apns.provider().send([message(notify=False, message=custom)])
+
+    assert outcome.ok, outcome
+    [accepted] = apns.fake.accepted
+    # Apple's background push: content-available, no alert, priority 5.
+    assert accepted.payload == {
+        "aps": {"content-available": 1},
+        "kind": "order",
+        "msg_content": "sync now",
+        "title": "sync",
+    }
+    assert accepted.headers["apns-push-type"] == "background"
+    assert accepted.headers["apns-priority"] == "5"

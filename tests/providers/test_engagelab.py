@@ -322,3 +322,18 @@ def test_bad_or_stale_signatures_are_refused(value: str | None, now: float, reas
     with pytest.raises(CallbackSignatureError, match=reason) as caught:
         verify_callback_signature(value, username="test", secret="s3cret", now=now, window=300)
     assert "s3cret" not in str(caught.value)
+
+
+async def test_a_message_only_push_is_relayed_as_engagelabs_custom_message(
+    fake: FakeEngageLab,
+) -> None:
+    provider, _ = provider_for(fake)
+    custom = {"msg_content": {"order": 42}, "content_type": "json", "extras": {"kind": "order"}}
+    [outcome] = await provider.send([message(1, notify=False, message=custom)])
+    await provider.aclose()
+
+    assert outcome.ok, outcome
+    [accepted] = fake.accepted
+    assert "notification" not in accepted.request["body"]
+    assert accepted.request["body"]["message"] == custom
+    assert accepted.request["body"]["platform"] == "android"

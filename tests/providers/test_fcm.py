@@ -391,3 +391,39 @@ TOKEN_FIELD = {
 )
 def test_real_fcm_bodies_are_classified(status: int, body: bytes, kind: str) -> None:
     assert classify(status, body).kind == kind
+
+
+CUSTOM = {"msg_content": {"order": 42}, "title": "sync", "content_type": "json"}
+
+
+async def test_a_message_only_push_is_an_fcm_data_message(fcm: FakeFcm, make: Make) -> None:
+    sent = message(
+        "tok-data", notify=False, title="sync", alert='{"order": 42}', extras={"kind": "order"}
+    )
+    sent.message = {**CUSTOM, "extras": {"kind": "order"}}
+    [outcome] = await make().send([sent])
+    assert outcome.ok
+    [accepted] = fcm.accepted
+    # No notification anywhere: Android hands the data to the app and shows nothing.
+    assert accepted.message == {
+        "token": "tok-data",
+        "data": {
+            "kind": "order",
+            "msg_content": '{"order": 42}',
+            "title": "sync",
+            "content_type": "json",
+            "relance_msg_id": "m-1",
+            "relance_stage": "0",
+        },
+        "android": {},
+    }
+
+
+async def test_a_notification_with_a_message_carries_the_message_as_data(
+    fcm: FakeFcm, make: Make
+) -> None:
+    [outcome] = await make().send([message("tok-both", message=CUSTOM)])
+    assert outcome.ok
+    sent = fcm.accepted[0].message
+    assert sent["notification"] == {"body": "Flash sale: best sellers almost gone"}
+    assert sent["data"]["msg_content"] == '{"order": 42}' and sent["data"]["title"] == "sync"

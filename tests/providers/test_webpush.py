@@ -315,3 +315,20 @@ def test_credentials_never_show_the_key_and_say_what_is_wrong() -> None:
     assert "c2VjcmV0" not in str(bad_key.value)  # what a log line would show
     with pytest.raises(ValidationError, match="subject"):
         VapidCredentials(private_key=secret, subject="ops@shop.example")
+
+
+async def test_a_message_only_push_carries_no_title_or_body(
+    fake: WebPushFake, provider: WebPushProvider
+) -> None:
+    sub = fake.subscribe()
+    custom = {"msg_content": "sync now", "title": "sync"}
+    [outcome] = await provider.send([message(sub, notify=False, message=custom)])
+
+    assert outcome.ok, outcome
+    [arrival] = fake.received[sub.id]
+    assert arrival.payload == {
+        "message": custom,
+        "msg_id": "m-1",
+        "stage": 0,
+        "idempotency_key": f"key-{sub.id}-0",
+    }

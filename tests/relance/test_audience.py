@@ -55,6 +55,16 @@ CASES = [
     ("all", "all", "abcdiw"),
     ("all", "web", "w"),
     ({"registration_id": ["a", "x", "w"]}, "all", "aw"),
+    # EngageLab's tag forms, which combine as an intersection.
+    ({"tag_and": ["news", "sport"]}, "all", "bw"),
+    ({"tag_and": ["sport", "news", "sport"]}, "android", "b"),
+    ({"tag": ["news"], "tag_not": ["sport"]}, "all", "ai"),
+    ({"tag_and": ["news"], "tag_not": ["sport"]}, "all", "ai"),
+    ({"tag": ["sport"], "tag_and": ["news"]}, "all", "bw"),
+    ({"tag": ["news", "sport"], "tag_and": ["sport"], "tag_not": ["nobody"]}, "all", "bcw"),
+    ({"tag_not": ["news"]}, "all", "cd"),  # everyone without the tag, untagged devices too
+    ({"tag_not": ["news", "sport"]}, "all", "d"),
+    ({"tag_and": ["sport"], "tag_not": ["news"]}, ["android", "hmos"], "c"),
 ]
 
 
@@ -79,6 +89,11 @@ def test_the_audience_is_the_valid_devices_to_and_platform_name(
         ({"alias": ["carol"]}, "all"),
         ({"alias": ["alice"]}, "ios"),
         ({"registration_id": ["x"]}, "all"),  # known and invalid: not registered again
+        ({"tag_and": ["news", "nobody-has-this"]}, "all"),
+        ({"tag": ["sport"], "tag_not": ["sport"]}, "all"),
+        ({"tag_and": ["news", "sport"], "tag_not": ["news"]}, "all"),
+        ({"tag_not": ["news", "sport"]}, "ios"),
+        ({"tag": ["news"]}, "hmos"),  # no device registers as hmos
     ],
 )
 def test_an_empty_audience_is_found_empty_and_refused(

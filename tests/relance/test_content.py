@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from relance.content import render_stage
-from relance.models import Notification, StageNotification
+from relance.content import message_payload, render_stage
+from relance.models import Message, Notification, StageNotification
 
 
 def note(data: dict[str, Any]) -> Notification:
@@ -162,3 +162,28 @@ def test_a_template_error_from_attribute_values_falls_back() -> None:
 def test_missing_attribute_never_prints_as_undefined() -> None:
     change = stage(alert="Hello there", template="{{ name | pprint }} hi")
     assert render_stage(ORIGINAL, [change], "android", {}).alert == "Hello there"
+
+
+def test_the_stages_of_a_message_only_push_change_the_message() -> None:
+    message = Message.model_validate(
+        {"title": "sync", "msg_content": {"order": 42}, "content_type": "json", "extras": {"a": 1}}
+    )
+    original = render_stage(message, [], "android", {})
+    assert message_payload(message, original) == {
+        "msg_content": {"order": 42},  # an object stays an object while no stage rewrites it
+        "title": "sync",
+        "content_type": "json",
+        "extras": {"a": 1},
+    }
+    changed = render_stage(
+        message,
+        [stage(title="sync again", extras={"b": 2}), stage(template="{{ name }}, come back")],
+        "ios",
+        {"name": "Ada"},
+    )
+    assert message_payload(message, changed) == {
+        "msg_content": "Ada, come back",
+        "title": "sync again",
+        "content_type": "json",
+        "extras": {"a": 1, "b": 2},
+    }

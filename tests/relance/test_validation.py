@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from relance.models import PushRequest
+from relance.models import Audience, PushRequest
 from relance.schedule import stage_offsets, stage_times
 
 # The example body of DESIGN.md, verbatim.
@@ -151,10 +151,46 @@ def test_empty_registration_id_string() -> None:
     assert any(loc[0] == "to" and loc[-2:] == ("registration_id", 1) for loc, _ in errs), errs
 
 
-def test_two_audience_kinds_at_once() -> None:
-    errs = errors(body(to={"registration_id": ["a"], "tag": ["news"]}))
-    assert all(loc[0] == "to" for loc, _ in errs)
-    assert any("exactly one of registration_id, tag, alias" in msg for _, msg in errs), errs
+def test_registration_ids_or_aliases_stand_alone() -> None:
+    for to in (
+        {"registration_id": ["a"], "tag": ["news"]},
+        {"alias": ["alice"], "tag_not": ["news"]},
+        {"registration_id": ["a"], "alias": ["alice"]},
+    ):
+        errs = errors(body(to=to))
+        assert all(loc[0] == "to" for loc, _ in errs)
+        assert any("cannot be combined with" in msg for _, msg in errs), errs
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        {"tag": ["a"], "tag_not": ["b"]},
+        {"tag_and": ["a", "b"], "tag_not": ["c"]},
+        {"tag": ["a"], "tag_and": ["b"]},
+        {"tag_not": ["a"]},
+    ],
+)
+def test_engagelabs_tag_forms_combine(to: dict[str, list[str]]) -> None:
+    assert PushRequest.model_validate(body(to=to)).to == Audience.model_validate(to)
+
+
+@pytest.mark.parametrize(
+    ("to", "field"),
+    [({"seg": {"id": "s1"}}, "seg"), ({"live_activity_id": "la1"}, "live_activity_id")],
+)
+def test_segments_and_live_activities_are_not_supported(to: dict[str, object], field: str) -> None:
+    errs = errors(body(to=to))
+    assert any(msg.endswith(f"{field}: not supported by relance") for _, msg in errs), errs
+
+
+def test_a_body_needs_a_notification_or_a_message() -> None:
+    data = body()
+    del data["body"]["notification"]
+    [(loc, msg)] = errors(data)
+    assert loc == ("body",) and "expected notification or message" in msg
+    data["body"]["message"] = {"msg_content": {"order": 42}, "content_type": "json"}
+    assert PushRequest.model_validate(data).body.message is not None
 
 
 def test_a_notification_without_any_alert() -> None:

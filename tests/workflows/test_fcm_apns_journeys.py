@@ -65,9 +65,11 @@ async def fcm(fakes: list[Any] | None = None) -> AsyncIterator[Setup]:
 
 
 @asynccontextmanager
-async def apns() -> AsyncIterator[Setup]:
+async def apns(fakes: list[Any] | None = None) -> AsyncIterator[Setup]:
     private_key, public_key = apns_fake.new_p8_key()
     fake = apns_fake.FakeApns("TEAM123456", "KEY1234567", public_key, "shop.example.app")
+    if fakes is not None:
+        fakes.append(fake)
     async with apns_fake.serving(fake) as (url, ca):
         trust = ssl.create_default_context()
         ca.configure_trust(trust)
@@ -224,3 +226,59 @@ async def test_one_apps_slow_provider_does_not_hold_up_another_app(
         result = await slow.result()
         assert [s.sent for s in result.stages] == [3]
         assert all(fake.accepted_tokens().count(t) == 1 for t in slow_tokens)
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+async def test_a_message_only_push_goes_out_data_only_at_every_stage(
+    provider: str, time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    fakes: list[Any] = []
+    async with (
+        PROVIDERS[provider](fakes) as setup,
+        inprocess_stack(
+            time_env.client, tmp_path, task_queue, Behaviour(), {setup.name: setup.options}
+        ) as stack,
+    ):
+        await configure(stack, setup, setup.credentials)
+        ok = setup.tokens[0]
+        await stack.api.post(
+            "/v4/devices", json={"devices": [{"registration_id": ok, "platform": setup.platform}]}
+        )
+        body = {
+            "to": {"registration_id": [ok]},
+            "body": {
+                "platform": setup.platform,
+                "message": {"title": "sync", "msg_content": "refresh", "extras": {"k": "v"}},
+            },
+            # Nothing reports delivery here: the resend goes to the device again.
+            "resend": {
+                "trigger": {"condition": "not_delivered", "within": "1h"},
+                "stages": [{"after": "1h", "notification": {"alert": "refresh again"}}],
+            },
+        }
+        response = await stack.api.post("/v4/push", json=body)
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await eventually(lambda: stages_done(time_env, msg_id, 1), timeout=60)
+        await time_env.sleep(timedelta(hours=2, minutes=1))
+        result = await handle.result()
+        assert [s.sent for s in result.stages] == [1, 1]
+        fake = fakes[0]
+        if provider == "fcm":
+            sent = [a.message for a in fake.accepted if a.token == ok]
+            assert ["notification" in m or "notification" in m["android"] for m in sent] == [
+                False,
+                False,
+            ]
+            assert [(m["data"]["msg_content"], m["data"]["k"]) for m in sent] == [
+                ("refresh", "v"),
+                ("refresh again", "v"),
+            ]
+        else:
+            accepted = [a for a in fake.accepted if a.token == ok]
+            assert [a.payload for a in accepted] == [
+                {"aps": {"content-available": 1}, "k": "v", "msg_content": text, "title": "sync"}
+                for text in ("refresh", "refresh again")
+            ]
+            assert {a.headers["apns-push-type"] for a in accepted} == {"background"}

@@ -157,6 +157,8 @@ class FakeApns:
             return Answer(400, "InvalidPushType")
         if headers.get("apns-priority", "10") not in {"1", "5", "10"}:
             return Answer(400, "BadPriority")
+        if headers["apns-push-type"] == "background" and headers.get("apns-priority") != "5":
+            return Answer(400, "BadPriority")  # Apple: background notifications go at 5
         if not headers.get("apns-expiration", "0").isdigit():
             return Answer(400, "BadExpirationDate")
         if "apns-id" in headers and not UUID_FORM.match(headers["apns-id"]):

@@ -123,10 +123,15 @@ def _check(body: Any) -> tuple[int, str] | None:
         return 21011, "No suitable push target found"
     if not isinstance(push, dict) or push.get("platform") not in PLATFORMS:
         return 21003, "Parameter value is invalid: body.platform"
-    notification = push.get("notification")
-    note = notification.get(push["platform"]) if isinstance(notification, dict) else None
-    if not isinstance(note, dict) or not note.get("alert"):
-        return 21002, "Required parameter missing: body.notification alert"
+    notification, message = push.get("notification"), push.get("message")
+    if notification is None and message is not None:  # a custom message alone
+        if not isinstance(message, dict) or not message.get("msg_content"):
+            return 21002, "Required parameter missing: body.message msg_content"
+        notification = message
+    else:
+        note = notification.get(push["platform"]) if isinstance(notification, dict) else None
+        if not isinstance(note, dict) or not note.get("alert"):
+            return 21002, "Required parameter missing: body.notification alert"
     if len(json.dumps(notification, ensure_ascii=False).encode()) > MAX_NOTIFICATION_BYTES:
         return 21005, "Message body too large"
     ttl = push.get("options", {}).get("time_to_live", 0)
