@@ -14,7 +14,17 @@ from relance.ledger.audience import (
     has_audience,
     materialise_page,
 )
-from relance.ledger.devices import invalidate_device, upsert_devices
+from relance.ledger.devices import (
+    DeviceInfo,
+    DeviceStatus,
+    delete_device,
+    device_status,
+    get_device,
+    invalidate_device,
+    register_tokens,
+    set_device,
+    upsert_devices,
+)
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
 from relance.ledger.funnel import funnel, progress
 from relance.ledger.providers import delete_provider, provider_configs, set_provider
@@ -36,8 +46,35 @@ from relance.ledger.sending import (
     select_resend_audience,
     stage_result,
 )
+from relance.ledger.tags import (
+    Limits,
+    alias_devices,
+    count_tags,
+    delete_alias,
+    delete_tag,
+    device_has_tag,
+    list_tags,
+    quota,
+    set_tag,
+)
 
 __all__ = [
+    "DeviceInfo",
+    "DeviceStatus",
+    "Limits",
+    "alias_devices",
+    "count_tags",
+    "delete_alias",
+    "delete_device",
+    "delete_tag",
+    "device_has_tag",
+    "device_status",
+    "get_device",
+    "list_tags",
+    "quota",
+    "register_tokens",
+    "set_device",
+    "set_tag",
     "Accepted",
     "IngestResult",
     "LedgerError",
