@@ -118,11 +118,12 @@ def check_limits(
 ) -> None:
     """After a write, in its transaction: refuse it if a device of `device_ids` has too many
     tags, a tag of `tags` too many devices, or (when it made a tag) the app too many tags."""
-    for some in chunks(sorted(set(device_ids)), 1000):
+    for ids in chunks(sorted(set(device_ids)), 1000):
         over = session.execute(
             sa_select(col(Device.registration_id), func.count())
+            .select_from(DeviceTag)
             .join(Device, col(Device.id) == col(DeviceTag.device_id))
-            .where(col(DeviceTag.device_id).in_(some))
+            .where(col(DeviceTag.device_id).in_(ids))
             .group_by(col(Device.registration_id))
             .having(func.count() > limits.tags_per_device)
             .limit(1)
@@ -290,6 +291,7 @@ def count_tags(
     with Session(reading(engine)) as session:
         query = (
             sa_select(col(DeviceTag.tag), func.count())
+            .select_from(DeviceTag)
             .join(Device, col(Device.id) == col(DeviceTag.device_id))
             .where(col(DeviceTag.app_key) == app_key, col(DeviceTag.tag).in_(tags))
             .group_by(col(DeviceTag.tag))
