@@ -5,7 +5,7 @@ The ledger is the source of truth; the workflow only holds counters. Both the AP
 activities call these functions (synchronous: callers run them in a thread). The names below are
 the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
 
-from relance.ledger._base import LedgerError, NotFound
+from relance.ledger._base import LedgerError, LimitExceeded, NotFound
 from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
 from relance.ledger.audience import (
     audience_query,
@@ -78,6 +78,7 @@ __all__ = [
     "Accepted",
     "IngestResult",
     "LedgerError",
+    "LimitExceeded",
     "NotFound",
     "Outbound",
     "Page",
