@@ -16,6 +16,14 @@ from relance.models import DeviceBatch, Platform
 
 router = APIRouter(tags=["devices"])
 
+# What EngageLab's mutations answer: 200 with an empty body.
+EMPTY_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Done; the body is empty",
+        "content": {"application/json": {"schema": {"type": "string", "examples": [""]}}},
+    }
+}
+
 
 class DevicesStored(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"stored": 1}]})
@@ -184,7 +192,7 @@ class DeviceChanges(BaseModel):
         return value
 
 
-@router.post("/v4/devices/{registration_id}")
+@router.post("/v4/devices/{registration_id}", responses=EMPTY_200)
 async def set_device(
     registration_id: RegistrationId, body: DeviceChanges, app: AppDep, ctx: ContextDep
 ) -> Response:
@@ -209,7 +217,7 @@ async def set_device(
     return Response(status_code=200)
 
 
-@router.delete("/v4/devices/{registration_id}")
+@router.delete("/v4/devices/{registration_id}", responses=EMPTY_200)
 async def delete_device(registration_id: RegistrationId, app: AppDep, ctx: ContextDep) -> Response:
     """Forget the device: its tags, alias and attributes go at once, and no later stage or push
     reaches it. What pushes recorded of it (their funnels) stays."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppDep, ContextDep
 from api.errors import ApiError
-from api.routes.devices import limits
+from api.routes.devices import EMPTY_200, limits
 from relance import ledger
 from relance.models import Platform
 
@@ -132,7 +132,7 @@ class TagChange(BaseModel):
     registration_ids: RegistrationIds
 
 
-@router.post("/v4/tags/{tag}")
+@router.post("/v4/tags/{tag}", responses=EMPTY_200)
 async def set_tag(tag: Name, body: TagChange, app: AppDep, ctx: ContextDep) -> Response:
     """Add the tag to devices and take it from others, all or none (200, empty body)."""
     ids = body.registration_ids
@@ -152,7 +152,7 @@ async def set_tag(tag: Name, body: TagChange, app: AppDep, ctx: ContextDep) -> R
     return Response(status_code=200)
 
 
-@router.delete("/v4/tags/{tag}")
+@router.delete("/v4/tags/{tag}", responses=EMPTY_200)
 async def delete_tag(
     tag: Name, app: AppDep, ctx: ContextDep, platform: str | None = None
 ) -> Response:
@@ -201,7 +201,7 @@ async def alias_devices(
     return AliasDevices(registration_ids=found)
 
 
-@router.delete("/v4/aliases/{alias}")
+@router.delete("/v4/aliases/{alias}", responses=EMPTY_200)
 async def delete_alias(
     alias: Name, app: AppDep, ctx: ContextDep, platform: str | None = None
 ) -> Response:
