@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relance.ledger import LedgerError, NotFound
+from relance.ledger._base import LimitExceeded
 
 # Codes follow EngageLab's where one exists: an invalid parameter is HTTP 400 with code 21003
 # (as EngageLab answers, and its SDKs expect), 21004 authentication failed, 23008 over the rate
@@ -107,14 +108,12 @@ def install(app: FastAPI) -> None:
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
         # The ledger says what is wrong; the API says what that means in HTTP.
         status = 404 if isinstance(exc, NotFound) else INVALID
-        return JSONResponse(
-            error_body(
-                status,
-                f"{exc.field}: {exc.message}",
-                [{"field": exc.field, "message": exc.message}],
-            ),
-            status_code=status,
+        body = error_body(
+            status, f"{exc.field}: {exc.message}", [{"field": exc.field, "message": exc.message}]
         )
+        if isinstance(exc, LimitExceeded):  # a limit of its own code (relance.ledger.tags)
+            body["error"]["code"] = exc.code
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

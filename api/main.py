@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
-from api.routes import batch, callbacks, devices, events, providers, push, relay
+from api.routes import batch, callbacks, devices, events, providers, push, relay, tags
 from api.signals import SignalCoalescer
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(batch.router)
     app.include_router(events.router)
     app.include_router(devices.router)
+    app.include_router(tags.router)
     app.include_router(callbacks.router)
     app.include_router(providers.router)
     app.include_router(relay.router)

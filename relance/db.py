@@ -63,11 +63,15 @@ class Device(SQLModel, table=True):
     valid: bool = True
     invalid_reason: str | None = Field(default=None, max_length=500)
     updated_at: datetime = Field(default_factory=utcnow)
+    # When the device last reported a status of its own (delivered, displayed, clicked), to
+    # the minute: what `POST /v4/devices/status` calls its last online time.
+    last_seen_at: datetime | None = None
 
 
 class DeviceTag(SQLModel, table=True):
-    """One tag of one device, kept in step with `Device.tags` by `upsert_devices`: `to.tag`
-    reads the (app_key, tag) range of its key instead of every device's JSON.
+    """One tag of one device: the truth about tags (`to.tag`, the tag and device routes read
+    it), with `Device.tags` kept in step as a copy by every write. `to.tag` reads the
+    (app_key, tag) range of its key instead of every device's JSON.
 
     Keyed by the device's id, not its registration id: an integer keeps the index small (a Web
     Push registration id is a subscription of up to 2 KB), joins the device by its key, and is

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     # successes, keyed by the SHA-256 of the secret): a rotated or removed secret still works
     # for up to this many seconds in a running API. 0: read the ledger for every request.
     auth_cache_seconds: float = Field(5.0, ge=0)
+    # EngageLab's tag and alias limits, per app (relance/ledger/tags.py checks them in the
+    # same transaction as the write). Settings so that a test, or a bigger plan, can change them.
+    tags_per_app: int = Field(100_000, ge=1)
+    tag_max_bytes: int = Field(40, ge=1, le=128)
+    tags_per_device: int = Field(100, ge=1)
+    devices_per_tag: int = Field(100_000, ge=1)
+    aliases_per_app: int = Field(100_000, ge=1)
+    alias_max_bytes: int = Field(40, ge=1, le=128)
+    # `POST /v4/devices/status`: a device is online if it reported a status of its own
+    # (delivered, displayed, clicked) within this many seconds.
+    device_online_seconds: float = Field(300.0, gt=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

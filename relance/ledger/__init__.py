@@ -5,7 +5,7 @@ The ledger is the source of truth; the workflow only holds counters. Both the AP
 activities call these functions (synchronous: callers run them in a thread). The names below are
 the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
 
-from relance.ledger._base import LedgerError, NotFound
+from relance.ledger._base import LedgerError, LimitExceeded, NotFound
 from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
 from relance.ledger.audience import (
     audience_query,
@@ -15,7 +15,17 @@ from relance.ledger.audience import (
     materialise_page,
     valid_registration_ids,
 )
-from relance.ledger.devices import invalidate_device, upsert_devices
+from relance.ledger.devices import (
+    DeviceInfo,
+    DeviceStatus,
+    delete_device,
+    device_status,
+    get_device,
+    invalidate_device,
+    register_tokens,
+    set_device,
+    upsert_devices,
+)
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
 from relance.ledger.funnel import funnel, progress
 from relance.ledger.providers import delete_provider, provider_configs, set_provider
@@ -37,11 +47,39 @@ from relance.ledger.sending import (
     select_resend_audience,
     stage_result,
 )
+from relance.ledger.tags import (
+    Limits,
+    alias_devices,
+    count_tags,
+    delete_alias,
+    delete_tag,
+    device_has_tag,
+    list_tags,
+    quota,
+    set_tag,
+)
 
 __all__ = [
+    "DeviceInfo",
+    "DeviceStatus",
+    "Limits",
+    "alias_devices",
+    "count_tags",
+    "delete_alias",
+    "delete_device",
+    "delete_tag",
+    "device_has_tag",
+    "device_status",
+    "get_device",
+    "list_tags",
+    "quota",
+    "register_tokens",
+    "set_device",
+    "set_tag",
     "Accepted",
     "IngestResult",
     "LedgerError",
+    "LimitExceeded",
     "NotFound",
     "Outbound",
     "Page",

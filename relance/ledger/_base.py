@@ -23,6 +23,15 @@ class NotFound(LedgerError):
     """What was asked for does not exist (or belongs to another app)."""
 
 
+class LimitExceeded(LedgerError):
+    """The write would take the app past one of its limits; `code` is the error code the API
+    answers (HTTP 400), one per limit (see `relance.ledger.tags`)."""
+
+    def __init__(self, field: str, message: str, code: int) -> None:
+        super().__init__(field, message)
+        self.code = code
+
+
 def insert_for(session: Session) -> Any:
     """The dialect's INSERT, which has ON CONFLICT DO NOTHING on both SQLite and PostgreSQL."""
     bind = session.get_bind()

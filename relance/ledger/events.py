@@ -23,7 +23,7 @@ from relance.ledger._base import (
     on_postgresql,
     unnest,
 )
-from relance.ledger.devices import invalidate
+from relance.ledger.devices import invalidate, mark_seen
 from relance.ledger.transitions import (
     DELIVERY_STATE,
     RECIPIENT_STATE,
@@ -46,6 +46,11 @@ def event_key(msg_id: str, registration_id: str, stage: int, status: str) -> str
     """The dedup key of a status transition: one per recipient, stage and status."""
     raw = f"{msg_id}\x1f{registration_id}\x1f{stage}\x1f{status}"
     return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+_DEVICE_REPORTS = {
+    s.value for s in (EventStatus.delivered, EventStatus.displayed, EventStatus.clicked)
+}
 
 
 @dataclass
@@ -157,6 +162,13 @@ def ingest_events(
         stamp_deliveries(session, stamps)
         for registration_id, reason in (invalid_tokens or {}).items():
             invalidate(session, app_key, registration_id, reason)
+        # The device's own reports (not a failure a relay saw) say it was online then.
+        seen: dict[str, Any] = {}
+        for row in rows.values():
+            if row["status"] in _DEVICE_REPORTS:
+                at = min(row["at"], now)
+                seen[row["registration_id"]] = max(at, seen.get(row["registration_id"], at))
+        mark_seen(session, app_key, seen)
         for msg_id in sorted(counts):  # one locking order for the pushes too
             bump_counts(session, msg_id, counts[msg_id])
         session.commit()

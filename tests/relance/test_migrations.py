@@ -244,3 +244,25 @@ def test_there_is_nothing_to_write_while_models_and_revisions_agree() -> None:
     """`relance db revision` on an unchanged model writes no file (and one revision chain)."""
     assert migrate.revision("nothing changed") == []
     assert migrate.head()
+
+
+def test_the_upgrade_fills_each_devices_last_report_from_its_events(blank: Engine) -> None:
+    """`POST /v4/devices/status` knows, right after the upgrade, when an older ledger's
+    devices last reported: the latest delivered, displayed or clicked among their events (a
+    failure is not the device's report). Every device is kept."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        seen = {
+            rid: (str(at)[:19] if at is not None else None)
+            for rid, at in conn.exec_driver_sql("SELECT registration_id, last_seen_at FROM device")
+        }
+    assert seen == {"rid-1": "2026-01-02 03:07:00", "dead-2": None, "web-3": None}
+    (status,) = ledger.device_status(blank, "shop", ["rid-1"], online_seconds=60)
+    assert not status.online and status.last_online_time is not None
+    assert status.last_online_time.isoformat().startswith("2026-01-02T03:07:00")
