@@ -242,11 +242,15 @@ def device_status(
 # A device's last report is written at most once a minute: a storm of its events costs one
 # UPDATE, not one per event.
 SEEN_GRANULARITY = timedelta(seconds=60)
+# Rows locked in id order first: concurrent batches on the same devices never deadlock.
 _PG_MARK_SEEN = (
-    f"UPDATE {Device.__tablename__} AS d SET last_seen_at = v.at "
-    f"FROM {unnest({'rid': 'text', 'at': 'timestamptz'})} "
-    "WHERE d.app_key = %(app)s AND d.registration_id = v.rid "
-    "AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at - %(granularity)s)"
+    f"WITH locked AS (SELECT d.id, v.at FROM {Device.__tablename__} AS d "
+    f"JOIN {unnest({'rid': 'text', 'at': 'timestamptz'})} ON d.registration_id = v.rid "
+    "WHERE d.app_key = %(app)s "
+    "AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at - %(granularity)s) "
+    "ORDER BY d.id FOR UPDATE OF d) "
+    f"UPDATE {Device.__tablename__} AS d SET last_seen_at = locked.at FROM locked "
+    "WHERE d.id = locked.id"
 )
 
 

@@ -152,3 +152,18 @@ def test_set_based_ingest_agrees_with_the_orm_rule(engine: Engine, app: str) -> 
     assert (p.delivered, p.displayed, p.clicked, p.failed, p.stopped) == tuple(
         counts[f"n_{k}"] for k in ("delivered", "displayed", "clicked", "failed", "stopped")
     )
+
+
+def test_a_devices_own_reports_mark_it_seen_once_a_minute(engine: Engine, app: str) -> None:  # noqa: F811
+    rids = ["seen-a", "seen-b", "seen-c"]
+    msg_id = push(engine, app, {"registration_id": rids})
+    ledger.ingest_events(engine, app, [ev(msg_id, r, "delivered") for r in rids[:2]])
+    later = T0 + timedelta(seconds=30)  # inside the minute: not written again
+    ledger.ingest_events(engine, app, [ev(msg_id, "seen-a", "displayed", at=later)])
+    much_later = T0 + timedelta(minutes=5)
+    ledger.ingest_events(engine, app, [ev(msg_id, "seen-b", "clicked", at=much_later)])
+    seen = {
+        s.registration_id: s.last_online_time
+        for s in ledger.device_status(engine, app, rids, online_seconds=60)
+    }
+    assert seen == {"seen-a": T0, "seen-b": much_later, "seen-c": None}
