@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # successes, keyed by the SHA-256 of the secret): a rotated or removed secret still works
     # for up to this many seconds in a running API. 0: read the ledger for every request.
     auth_cache_seconds: float = Field(5.0, ge=0)
+    # EngageLab's per-app request rate: requests per second each app may make to the
+    # authenticated routes of one API process (429 with code 23008 beyond it). 0: no limit.
+    rate_limit_per_second: int = Field(500, ge=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -36,9 +36,17 @@ from relance.ledger.sending import (
     select_resend_audience,
     stage_result,
 )
+from relance.ledger.statistics import (
+    DeviceLifecycle,
+    MessageStats,
+    message_lifecycle,
+    message_stats,
+)
 
 __all__ = [
     "Accepted",
+    "DeviceLifecycle",
+    "MessageStats",
     "IngestResult",
     "LedgerError",
     "NotFound",
@@ -63,6 +71,8 @@ __all__ = [
     "invalidate_device",
     "list_events",
     "materialise_page",
+    "message_lifecycle",
+    "message_stats",
     "new_msg_id",
     "claim_batch",
     "progress",
