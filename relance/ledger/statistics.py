@@ -47,7 +47,7 @@ def message_stats(engine: Engine, app_key: str, msg_ids: Sequence[str]) -> dict[
             session.execute(
                 sa_select(col(Delivery.msg_id), func.count(func.distinct(Delivery.registration_id)))
                 .where(
-                    col(Delivery.msg_id).in_(own),
+                    col(Delivery.msg_id).in_(sorted(own)),
                     col(Delivery.status) == DeliveryStatus.sent.value,
                 )
                 .group_by(col(Delivery.msg_id))
