@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.errors import ApiError
+from api.ratelimit import RateLimiter, check
 from api.signals import SignalCoalescer
 from relance import ledger
 from relance.db import App
@@ -65,6 +66,7 @@ class Context:
     # instead, so the worker's writes (sends, callback deliveries) are not starved by them.
     event_writes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     auth: AuthCache = field(default_factory=lambda: AuthCache(0))
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
 
 
 def get_context(request: Request) -> Context:
@@ -77,8 +79,18 @@ _basic = HTTPBasic(auto_error=False, description="appKey:masterSecret")
 
 
 async def authenticated_app(
-    ctx: ContextDep, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+    request: Request,
+    ctx: ContextDep,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
 ) -> App:
+    """The app of the request's appKey:masterSecret, counted against its request rate: every
+    route that depends on this is authenticated and rate-limited."""
+    app = await _authenticate(ctx, credentials)
+    check(ctx.limiter, app.app_key, request.scope)
+    return app
+
+
+async def _authenticate(ctx: Context, credentials: HTTPBasicCredentials | None) -> App:
     if credentials is None:
         raise ApiError(
             401, "authorization: expected HTTP Basic appKey:masterSecret", "authorization"

@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relance.ledger import LedgerError, NotFound
@@ -14,8 +16,10 @@ from relance.ledger._base import LimitExceeded
 
 # Codes follow EngageLab's where one exists: an invalid parameter is HTTP 400 with code 21003
 # (as EngageLab answers, and its SDKs expect), 21004 authentication failed, 23008 over the rate
-# limit; relance adds 21404 not found, 21409 conflict, 21503 unavailable.
+# limit; relance adds 21404 not found, 21409 conflict, 21503 unavailable, and 21501 for what
+# relance does not support (answered with HTTP 404: see api/routes/unsupported.py).
 INVALID = 400
+NOT_SUPPORTED = 21501
 CODES = {
     400: 21003,
     401: 21004,
@@ -29,16 +33,31 @@ CODES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    """An error answer: HTTP `status`, EngageLab's code for it (or `code`), the field at fault,
+    and extra response headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+        self.code, self.headers = code, headers
 
 
 def error_body(
-    status: int, message: str, details: list[dict[str, Any]] | None = None
+    status: int,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    code: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "error": {"code": CODES.get(status, 21000 + status), "message": message}
+        "error": {"code": code or CODES.get(status, 21000 + status), "message": message}
     }
     if details:
         body["details"] = details
@@ -118,13 +137,112 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         details = [{"field": exc.field, "message": exc.message}] if exc.field else None
-        headers = {"WWW-Authenticate": 'Basic realm="relance"'} if exc.status == 401 else None
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="relance"'
         return JSONResponse(
-            error_body(exc.status, exc.message, details), exc.status, headers=headers
+            error_body(exc.status, exc.message, details, exc.code), exc.status, headers=headers
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"path: no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method: {request.method} is not allowed on {request.url.path}"
         return JSONResponse(
-            error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code
+            error_body(exc.status_code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
+
+
+class ErrorDetail(BaseModel):
+    code: int = Field(description="EngageLab's error code (21003 invalid parameter, ...).")
+    message: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: EngageLab's `{"error": {"code", "message"}}`, with the fields at
+    fault in `details`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {"code": 21003, "message": "to: Field required"},
+                    "details": [{"field": "to", "message": "Field required"}],
+                }
+            ]
+        }
+    )
+
+    error: ErrorDetail
+    details: list[FieldError] | None = None
+
+
+_RATE_HEADERS = {
+    "X-Rate-Limit-Limit": "Requests this app may make per window (one second).",
+    "X-Rate-Limit-Remaining": "Requests left in the current window.",
+    "X-Rate-Limit-Reset": "Seconds until the current window ends and the count starts again.",
+}
+ERROR_RESPONSES: dict[int, str] = {
+    400: "Invalid parameter (code 21003); `details` names each field at fault.",
+    401: "Missing or wrong HTTP Basic appKey:masterSecret (code 21004).",
+    404: "No such resource for this app (code 21404), or not supported by relance (21501).",
+    429: "Over the app's request rate (code 23008); retry after X-Rate-Limit-Reset seconds.",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """The OpenAPI document lists relance's error answers, in EngageLab's shape, for every route,
+    in place of FastAPI's 422 (relance answers invalid input with 400): 400 and 404 everywhere,
+    401 and 429 on the routes that authenticate. Applied when the document is first built, so
+    routers included later are covered too."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error.pop("$defs", {}))
+        components["ErrorOut"] = error
+        for key in ("HTTPValidationError", "ValidationError"):
+            components.pop(key, None)
+        ref = {"$ref": "#/components/schemas/ErrorOut"}
+        rate_headers = {
+            name: {"description": text, "schema": {"type": "integer"}}
+            for name, text in _RATE_HEADERS.items()
+        }
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                counted = bool(op.get("security"))  # authenticated: rate-limited too
+                for status in [400, 404, 401, 429] if counted else [400, 404]:
+                    responses.setdefault(
+                        str(status),
+                        {
+                            "description": ERROR_RESPONSES[status],
+                            "content": {"application/json": {"schema": ref}},
+                        },
+                    )
+                for status, response in responses.items():
+                    if counted and status not in ("400", "401"):  # counted after auth
+                        response.setdefault("headers", {}).update(rate_headers)
+        app.openapi_schema = schema
+        return schema
+
+    setattr(app, "openapi", openapi)  # noqa: B010 — FastAPI's documented override

@@ -11,7 +11,19 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
-from api.routes import batch, callbacks, devices, events, providers, push, relay, tags
+from api.ratelimit import RateLimiter, RateLimitHeaders
+from api.routes import (
+    batch,
+    callbacks,
+    devices,
+    events,
+    providers,
+    push,
+    relay,
+    status,
+    tags,
+    unsupported,
+)
 from api.signals import SignalCoalescer
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
@@ -36,7 +48,12 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     ensure_current(engine)
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
     context = Context(
-        settings, engine, coalescer, client, auth=AuthCache(settings.auth_cache_seconds)
+        settings,
+        engine,
+        coalescer,
+        client,
+        auth=AuthCache(settings.auth_cache_seconds),
+        limiter=RateLimiter(settings.rate_limit_per_second),
     )
     if engine.dialect.name == "sqlite":
         context.event_writes = asyncio.Semaphore(1)
@@ -73,6 +90,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     )
     app.state.context = context
     errors.install(app)
+    errors.document_errors(app)
+    app.add_middleware(RateLimitHeaders)
     app.include_router(push.router)
     app.include_router(batch.router)
     app.include_router(events.router)
@@ -81,6 +100,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(callbacks.router)
     app.include_router(providers.router)
     app.include_router(relay.router)
+    app.include_router(status.router)
+    app.include_router(unsupported.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -125,6 +125,7 @@ async def run(db: str, url: str, tmp: Path, env: WorkflowEnvironment, args: argp
         database_url=url,
         task_queue=f"bench-accept-{db}",
         api_url=f"http://127.0.0.1:{port}",
+        rate_limit_per_second=0,  # the ceiling, not EngageLab's rate
     )
     tag_ms, one_ms, health_ms = [], [], []
     async with (

@@ -323,6 +323,7 @@ async def run(args: argparse.Namespace) -> None:
                 "RELANCE_DATABASE_URL": url,
                 "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
                 "RELANCE_TASK_QUEUE": "bench-no-worker",
+                "RELANCE_RATE_LIMIT_PER_SECOND": "0",  # the ceiling, not EngageLab's rate
             }
             if args.signal_interval is not None:
                 environ["RELANCE_SIGNAL_INTERVAL_SECONDS"] = str(args.signal_interval)

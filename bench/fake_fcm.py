@@ -60,7 +60,6 @@ class Arrivals:
             seen.setdefault(token, at)
         return web.json_response({"arrivals": list(seen.items())})
 
-
     async def stages(self, request: web.Request) -> web.Response:
         run = request.match_info["run"]
         tokens, messages = self.stage_tokens.get(run, {}), self.stage_messages.get(run, {})

@@ -234,6 +234,8 @@ async def relance(
         "RELANCE_DATABASE_URL": database_url,
         "RELANCE_API_URL": f"http://127.0.0.1:{port}",
         "RELANCE_SEND_BATCH_SIZE": str(batch_size),
+        # Benches measure relance's own ceiling, not EngageLab's per-app request rate.
+        "RELANCE_RATE_LIMIT_PER_SECOND": "0",
         # The worker's FCM client goes to the fake instead of fcm.googleapis.com.
         "RELANCE_PROVIDER_OPTIONS": f'{{"fcm": {{"base_url": "{fcm_url}"}}}}',
     }

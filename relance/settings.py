@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # `POST /v4/devices/status`: a device is online if it reported a status of its own
     # (delivered, displayed, clicked) within this many seconds.
     device_online_seconds: float = Field(300.0, gt=0)
+    # EngageLab's per-app request rate: requests per second each app may make to the
+    # authenticated routes of one API process (429 with code 23008 beyond it). 0: no limit.
+    rate_limit_per_second: int = Field(500, ge=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

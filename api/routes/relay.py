@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import ContextDep
-from api.errors import ApiError
+from api.errors import ApiError, ErrorOut
 from api.ingest import ingest
 from relance import ledger
 from relance.credentials import EngageLabCredentials
@@ -36,7 +36,11 @@ class RelayAccepted(BaseModel):
     skipped: int
 
 
-@router.post("/v4/callbacks/engagelab", response_model=RelayAccepted)
+@router.post(
+    "/v4/callbacks/engagelab",
+    response_model=RelayAccepted,
+    responses={401: {"model": ErrorOut, "description": "X-CALLBACK-ID signature is wrong."}},
+)
 async def engagelab_callback(request: Request, ctx: ContextDep) -> Response:
     """EngageLab's callback body `{"total", "rows": [...]}`, or its `{"echostr"}` check.
 

@@ -47,6 +47,12 @@ from relance.ledger.sending import (
     select_resend_audience,
     stage_result,
 )
+from relance.ledger.statistics import (
+    DeviceLifecycle,
+    MessageStats,
+    message_lifecycle,
+    message_stats,
+)
 from relance.ledger.tags import (
     Limits,
     alias_devices,
@@ -77,6 +83,8 @@ __all__ = [
     "set_device",
     "set_tag",
     "Accepted",
+    "DeviceLifecycle",
+    "MessageStats",
     "IngestResult",
     "LedgerError",
     "LimitExceeded",
@@ -102,6 +110,8 @@ __all__ = [
     "invalidate_device",
     "list_events",
     "materialise_page",
+    "message_lifecycle",
+    "message_stats",
     "new_msg_id",
     "claim_batch",
     "progress",
