@@ -33,8 +33,11 @@ class DevicesStored(BaseModel):
 
 @router.post("/v4/devices", response_model=DevicesStored)
 async def register_devices(batch: DeviceBatch, app: AppDep, ctx: ContextDep) -> DevicesStored:
-    """Register or update devices (platform, tags, alias, template attributes)."""
-    stored = await run_in_threadpool(ledger.upsert_devices, ctx.engine, app.app_key, batch.devices)
+    """Register or update devices (platform, tags, alias, template attributes), held to the same
+    tag and alias limits as EngageLab's tag and device routes."""
+    stored = await run_in_threadpool(
+        ledger.upsert_devices, ctx.engine, app.app_key, batch.devices, limits(ctx)
+    )
     return DevicesStored(stored=stored)
 
 
