@@ -197,13 +197,19 @@ ERROR_RESPONSES: dict[int, str] = {
     401: "Missing or wrong HTTP Basic appKey:masterSecret (code 21004).",
     404: "No such resource for this app (code 21404), or not supported by relance (21501).",
     429: "Over the app's request rate (code 23008); retry after X-Rate-Limit-Reset seconds.",
+    409: "Conflicts with the resource's state (code 21409), e.g. a journey that already ended.",
+    503: "Temporal or the ledger is not reachable right now (code 21503); retry the same "
+    "request, which is safe.",
 }
+# Declared by a route (`responses=CONFLICT`) where it can answer 409; filled in below.
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": ERROR_RESPONSES[409]}}
 
 
 def document_errors(app: FastAPI) -> None:
     """The OpenAPI document lists relance's error answers, in EngageLab's shape, for every route,
     in place of FastAPI's 422 (relance answers invalid input with 400): 400 and 404 everywhere,
-    401 and 429 on the routes that authenticate. Applied when the document is first built, so
+    401, 429 and 503 on the routes that authenticate (they read the ledger, and may need
+    Temporal), and 409 where a route declares it. Applied when the document is first built, so
     routers included later are covered too."""
 
     def openapi() -> dict[str, Any]:
@@ -231,14 +237,11 @@ def document_errors(app: FastAPI) -> None:
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)
                 counted = bool(op.get("security"))  # authenticated: rate-limited too
-                for status in [400, 404, 401, 429] if counted else [400, 404]:
-                    responses.setdefault(
-                        str(status),
-                        {
-                            "description": ERROR_RESPONSES[status],
-                            "content": {"application/json": {"schema": ref}},
-                        },
-                    )
+                for status in [400, 404, 401, 429, 503] if counted else [400, 404]:
+                    responses.setdefault(str(status), {"description": ERROR_RESPONSES[status]})
+                for status, response in responses.items():
+                    if status[:1] in "45":  # every error answer is in EngageLab's shape
+                        response.setdefault("content", {"application/json": {"schema": ref}})
                 for status, response in responses.items():
                     if counted and status not in ("400", "401"):  # counted after auth
                         response.setdefault("headers", {}).update(rate_headers)

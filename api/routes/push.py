@@ -9,7 +9,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import AppDep, ContextDep, temporal
-from api.errors import ApiError
+from api.errors import CONFLICT, ApiError
 from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
@@ -264,7 +264,7 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
     await handle.signal(PushJourney.cancel)
 
 
-@router.delete("/v4/push/{msg_id}", response_model=Cancelled)
+@router.delete("/v4/push/{msg_id}", response_model=Cancelled, responses=CONFLICT)
 async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     """Stop the pending resends of a push; its journey ends as cancelled."""
     await _stop(ctx, app.app_key, msg_id, again_ok=False)
@@ -282,7 +282,7 @@ class Withdrawn(BaseModel):
     msg_id: str
 
 
-@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn)
+@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn, responses=CONFLICT)
 async def withdraw_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Withdrawn:
     """EngageLab's withdraw: stops the push's pending resends, as `DELETE /v4/push/{msg_id}`
     does. It does not take back a notification a device already received. Withdrawing again

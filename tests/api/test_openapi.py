@@ -47,8 +47,8 @@ def test_every_route_has_a_worked_example(tmp_path: Path) -> None:
 
 
 def test_every_route_documents_errors_in_engagelabs_shape_not_422(tmp_path: Path) -> None:
-    """400 and 404 everywhere, 401 and 429 (with the rate headers) where the route
-    authenticates, all with the error schema; a router included after create_app (as the
+    """400 and 404 everywhere, 401, 429 (with the rate headers) and 503 where the route
+    authenticates, 409 where a route can conflict, all with the error schema; a router included after create_app (as the
     other EngageLab routes are) is covered without doing anything."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
     migrate.upgrade(url)
@@ -69,7 +69,7 @@ def test_every_route_documents_errors_in_engagelabs_shape_not_422(tmp_path: Path
         for method, op in item.items():
             responses = op["responses"]
             assert "422" not in responses, f"{method} {path}"
-            expected = {"400", "404"} | ({"401", "429"} if op.get("security") else set())
+            expected = {"400", "404"} | ({"401", "429", "503"} if op.get("security") else set())
             for status in expected:
                 schema = responses[status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path, status)
@@ -83,3 +83,6 @@ def test_every_route_documents_errors_in_engagelabs_shape_not_422(tmp_path: Path
                     }
     assert {"GET /v4/later/{thing}", "POST /v4/push", "GET /v4/status/detail"} <= set(authenticated)
     assert "security" not in spec["paths"]["/healthz"]["get"]
+    for path in ("/v4/push/{msg_id}", "/v4/push/withdraw/{msg_id}"):  # a journey that ended
+        conflict = spec["paths"][path]["delete"]["responses"]["409"]
+        assert conflict["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
