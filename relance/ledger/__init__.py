@@ -6,7 +6,7 @@ activities call these functions (synchronous: callers run them in a thread). The
 the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
 
 from relance.ledger._base import LedgerError, NotFound
-from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
+from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks, set_policy
 from relance.ledger.audience import (
     audience_query,
     count_audience,
@@ -70,6 +70,7 @@ __all__ = [
     "record_outcomes",
     "select_resend_audience",
     "set_callbacks",
+    "set_policy",
     "set_provider",
     "set_state",
     "stage_result",
