@@ -194,8 +194,11 @@ class JourneyActivities:
             if page.last_id is not None:
                 cursor = page.last_id
             if page.items:
-                done, rows_queued = await self._send_page(inp, stage, route, page.items)
+                failed: list[int] = []
+                done, rows_queued = await self._send_page(inp, stage, route, page.items, failed)
                 queued += rows_queued
+                if failed and inp.caps:  # not delivered: not counted against the caps
+                    await asyncio.to_thread(timed.uncount, self.engine, failed)
                 report.config_error = report.config_error or done.config_error
                 if done.retry_in is not None:
                     more = True
@@ -271,8 +274,10 @@ class JourneyActivities:
         stage: "_StageContent",
         route: Router,
         items: list[ledger.Outbound],
+        failed_out: list[int] | None = None,
     ) -> tuple[BatchReport, int]:
-        """Hand one claimed page to its providers and record every outcome."""
+        """Hand one claimed page to its providers and record every outcome (the deliveries
+        that failed for good added to `failed_out`, when given)."""
         groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
         for item in items:
             provider = route(item.platform)
@@ -288,6 +293,8 @@ class JourneyActivities:
         queued = await asyncio.to_thread(
             ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows
         )
+        if failed_out is not None:
+            failed_out += [r.delivery_id for r in rows if not r.ok and r.retry_after is None]
         return report, queued
 
     async def _wake_callbacks(self, app_key: str) -> None:

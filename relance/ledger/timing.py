@@ -3,16 +3,19 @@ computed from), a slot's audience, claims that check frequency caps and count th
 atomic step, and the app throttle's per-minute tokens shared by all its pushes and workers."""
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from relance.db import Delivery, Device, DeviceSend, Push, Recipient, ThrottleMinute
+from relance.db import Delivery, Device, DeviceSend, Push, Recipient, ThrottleMinute, utcnow
 from relance.ledger._base import NotFound, chunks, insert_for, on_postgresql
+from relance.ledger.events import event_key, store_events
 from relance.ledger.sending import Outbound, Page
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
 from relance.timing import FrequencyCap
@@ -177,6 +180,8 @@ def claim_timed(
                 claimed.append(delivery_id)
             items.append(Outbound(delivery_id, rid, platform, dict(attributes or {}), resend))
         held = {"held_until": claim.at} if claim.held else {}
+        if skipped:
+            _skip_events(session, msg_id, stage, rows, skipped, claim.at)
         for reason, ids in skipped.items():
             session.execute(
                 update(Delivery)
@@ -196,6 +201,37 @@ def claim_timed(
         len(rows) < limit,
         Counter({reason: len(ids) for reason, ids in skipped.items()}),
     )
+
+
+def _skip_events(
+    session: Session,
+    msg_id: str,
+    stage: int,
+    rows: Sequence[Any],
+    skipped: dict[str, list[int]],
+    at: datetime,
+) -> None:
+    """A `skipped` status event per skipped recipient, with its reason: stored, and queued for
+    the push's callback URLs, in the claim's transaction."""
+    push = session.get(Push, msg_id)
+    assert push is not None
+    rid_of = {row[0]: row[1] for row in rows}
+    now = utcnow()
+    events = [
+        {
+            "event_id": event_key(msg_id, rid_of[delivery_id], stage, "skipped"),
+            "msg_id": msg_id,
+            "registration_id": rid_of[delivery_id],
+            "stage": stage,
+            "status": "skipped",
+            "at": at,
+            "error": reason,
+            "received_at": now,
+        }
+        for reason, ids in skipped.items()
+        for delivery_id in ids
+    ]
+    store_events(session, push, events)
 
 
 def _within_caps(

@@ -139,3 +139,21 @@ def test_bad_policies_are_refused_naming_the_field(body: dict[str, object], fiel
     with pytest.raises(ValidationError) as err:
         AppPolicy.model_validate(body)
     assert field in str(err.value)
+
+
+def test_a_skipped_recipient_is_a_callback_row_with_its_reason() -> None:
+    from relance.callbacks import callback_row
+
+    event = {
+        "msg_id": "1",
+        "registration_id": "d1",
+        "stage": 1,
+        "status": "skipped",
+        "error": "frequency_capped",
+        "at": utc(2026, 11, 23),
+        "event_id": "e",
+    }
+    status = callback_row({"custom_args": "x"}, event)["status"]
+    assert status["message_status"] == "skipped"
+    assert status["status_data"] == {"stage": 1, "status": "skipped", "reason": "frequency_capped"}
+    assert status["error_code"] == 0

@@ -3,6 +3,7 @@ real durations: quiet hours held per time zone (and across DST), local-time deli
 frequency caps across pushes, throttling. Each test reads when each slot was sent from the
 journey's own history (the activity's input and the server's event time)."""
 
+import asyncio
 import json
 import os
 from collections import Counter
@@ -288,14 +289,17 @@ async def test_frequency_cap_across_pushes_and_transactional_pushes(
     async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
         await set_policy(stack, {"frequency_caps": [{"max": 2, "per": "1d"}]})
         funnels = []
+        msg_ids = []
         for options in ({}, {"frequency_cap": False}, {}, {}):
             msg_id = await push(stack, clock_env, body(rids, **options))
+            msg_ids.append(msg_id)
             result, _ = await finish(clock_env, msg_id)
             funnels.append(result.funnel.stages[0])
         await clock_env.sleep(timedelta(days=1))
         next_day = await push(stack, clock_env, body(rids))
         result, _ = await finish(clock_env, next_day)
         funnels.append(result.funnel.stages[0])
+        events = (await stack.api.get(f"/v4/push/{msg_ids[3]}/callbacks")).json()["events"]
 
     # 1st counted, 2nd transactional (not capped, not counted), 3rd counted: two a day. The 4th
     # is skipped as capped; a day later the window has rolled on.
@@ -303,6 +307,9 @@ async def test_frequency_cap_across_pushes_and_transactional_pushes(
     assert funnels[3].skipped == 3
     assert funnels[3].skipped_by_reason == {"frequency_capped": 3}
     assert all(not f.skipped_by_reason for f in funnels[:3] + funnels[4:])
+    # Each skipped recipient is a status event, and so a status callback, with its reason.
+    skipped = {(e["registration_id"], e["error"]) for e in events if e["status"] == "skipped"}
+    assert skipped == {(rid, "frequency_capped") for rid in rids}
 
 
 async def test_throttle_spreads_600_sends_over_five_minutes(
@@ -335,3 +342,72 @@ async def test_throttle_spreads_600_sends_over_five_minutes(
     slices = [inp.at for _, inp, _ in sends if inp.at is not None]
     assert all(b - a >= timedelta(minutes=1) for a, b in zip(slices, slices[1:], strict=False))
     assert timers(history) >= 5
+
+
+async def test_a_click_while_held_removes_the_recipient_from_the_held_send(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "1h"},
+        "stages": [{"after": "9h"}],  # 13:00 Paris + 10h = 23:00 Paris: held to 08:00
+    }
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await set_policy(stack, {"quiet_hours": NIGHT})
+        await register(stack, {"paris-a": "Europe/Paris", "paris-b": "Europe/Paris"})
+        start = await next_utc(clock_env, 12, 0)
+        await move_clock_to(clock_env, start)
+        msg_id = await push(stack, clock_env, body(["paris-a", "paris-b"], resend))
+        await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == 2)
+        await clock_env.sleep(timedelta(hours=11))  # stage 1 is due, and held
+        assert stack.fleet.messages(msg_id, 1) == []
+        click = {"msg_id": msg_id, "registration_id": "paris-a", "status": "clicked", "stage": 0}
+        r = await stack.api.post("/v4/events", json={"events": [click]})
+        assert r.status_code == 200, r.text
+        result, history = await finish(clock_env, msg_id, timedelta(hours=12))
+        got = {m["registration_id"] for m in stack.fleet.messages(msg_id, 1)}
+
+    assert result.state == "completed"
+    assert got == {"paris-b"}
+    ((at, inp, _),) = [s for s in slot_sends(history) if s[1].stage == 1]
+    assert inp.held and local(at, "Europe/Paris").time().replace(second=0, microsecond=0) == time(8)
+
+
+async def test_the_app_throttle_caps_all_its_pushes_together(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await set_policy(stack, {"throttle_per_minute": 100})
+        first = [f"a-{i:03d}" for i in range(150)]
+        second = [f"b-{i:03d}" for i in range(150)]
+        ids = [await push(stack, clock_env, body(rids)) for rids in (first, second)]
+        done = [await finish(clock_env, m, timedelta(minutes=5)) for m in ids]
+        got = [Counter(m["received"] for m in stack.fleet.messages(m, 0)) for m in ids]
+
+    assert got == [{1: 150}, {1: 150}]
+    per_minute: Counter[datetime] = Counter()
+    for _, history in done:
+        before = 0
+        for _, inp, res in slot_sends(history):
+            assert inp.at is not None
+            per_minute[inp.at.replace(second=0, microsecond=0)] += res.sent - before
+            before = res.sent
+    assert sum(per_minute.values()) == 300
+    assert max(per_minute.values()) <= 100
+    assert len([n for n in per_minute.values() if n]) >= 3
+
+
+async def test_eight_journeys_race_for_a_device_last_slot_and_exactly_one_sends(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await set_policy(stack, {"frequency_caps": [{"max": 2, "per": "1d"}]})
+        warmup = await push(stack, clock_env, body(["racer"]))
+        await finish(clock_env, warmup, timedelta(minutes=1))  # one of its two sends used
+        ids = await asyncio.gather(*(push(stack, clock_env, body(["racer"])) for _ in range(8)))
+        results = [await finish(clock_env, m, timedelta(minutes=1)) for m in ids]
+        received = sum(message["received"] for m in ids for message in stack.fleet.messages(m, 0))
+
+    assert received == 1
+    stages = [r.funnel.stages[0] for r, _ in results]
+    assert sorted(s.sent for s in stages) == [0] * 7 + [1]
+    assert sum(s.skipped_by_reason.get("frequency_capped", 0) for s in stages) == 7
