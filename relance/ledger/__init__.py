@@ -6,7 +6,14 @@ activities call these functions (synchronous: callers run them in a thread). The
 the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
 
 from relance.ledger._base import LedgerError, NotFound
-from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks, set_policy
+from relance.ledger.apps import (
+    authenticate,
+    create_app,
+    get_app,
+    policy_of,
+    set_callbacks,
+    set_policy,
+)
 from relance.ledger.audience import (
     audience_query,
     count_audience,
@@ -65,6 +72,7 @@ __all__ = [
     "materialise_page",
     "new_msg_id",
     "claim_batch",
+    "policy_of",
     "progress",
     "provider_configs",
     "record_outcomes",

@@ -118,8 +118,12 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
         items: list[Outbound] = []
         skipped: list[int] = []
         claimed: list[int] = []
+        invalid: list[int] = []
         for delivery_id, registration_id, status, platform, stopped, valid, attributes in rows:
-            if not valid or (stage > 0 and stopped):  # valid is None: the device is gone
+            if not valid:  # valid is None: the device is gone
+                invalid.append(delivery_id)
+                continue
+            if stage > 0 and stopped:
                 skipped.append(delivery_id)
                 continue
             resend = status == DeliveryStatus.sending
@@ -128,11 +132,13 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
             items.append(
                 Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
             )
-        for ids, status in ((skipped, DeliveryStatus.skipped), (claimed, DeliveryStatus.sending)):
+        for ids, values in (
+            (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),
+            (invalid, {"status": DeliveryStatus.skipped.value, "skip_reason": "invalid_token"}),
+            (claimed, {"status": DeliveryStatus.sending.value}),
+        ):
             if ids:
-                session.execute(
-                    update(Delivery).where(col(Delivery.id).in_(ids)).values(status=status.value)
-                )
+                session.execute(update(Delivery).where(col(Delivery.id).in_(ids)).values(**values))
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 

@@ -17,6 +17,7 @@ from sqlmodel import SQLModel
 from relance import ledger, migrate
 from relance.db import make_engine
 from relance.models import PushRequest
+from relance.timing import AppPolicy
 
 PREVIOUS_RELEASE = Path(__file__).parent / "previous_release"
 SECRET = "previous-release-master-secret-0123456789"
@@ -244,3 +245,41 @@ def test_there_is_nothing_to_write_while_models_and_revisions_agree() -> None:
     """`relance db revision` on an unchanged model writes no file (and one revision chain)."""
     assert migrate.revision("nothing changed") == []
     assert migrate.head()
+
+
+def test_an_older_ledger_upgrades_to_time_zones_and_policy_keeping_its_rows(
+    blank: Engine,
+) -> None:
+    """The when-and-how-often revision: devices without a zone (the app's default applies),
+    apps without a policy (defaults), every push and delivery kept."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    migrate.upgrade(blank, "0887f640e0ea")  # the revision before it
+    with blank.connect() as conn:
+        before = {
+            table: conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            for table in ("app", "device", "push", "recipient", "delivery")
+        }
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        after = {
+            table: conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            for table in before
+        }
+        zones = set(conn.exec_driver_sql("SELECT timezone FROM device").scalars())
+        held = set(conn.exec_driver_sql("SELECT held_until, skip_reason FROM delivery"))
+    assert after == before and before["device"] > 0 and before["delivery"] > 0
+    assert zones == {None}
+    assert held == {(None, None)}
+    assert ledger.policy_of(ledger.get_app(blank, "shop")).model_dump(mode="json") == {
+        "timezone": "UTC",
+        "quiet_hours": None,
+        "frequency_caps": [],
+        "throttle_per_minute": None,
+    }
+    ledger.set_policy(blank, "shop", AppPolicy(timezone="Europe/Paris"))
+    assert ledger.get_app(blank, "shop").timezone == "Europe/Paris"
