@@ -22,10 +22,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from api.journeys import start_journey
+from relance import ledger
 from relance.binaries import SEARCH_ATTRIBUTES, temporal_test_server
-from relance.journey import JourneyResult, SendStageInput, SendStageResult
+from relance.journey import JourneyResult, SendStageInput, SendStageResult, plan_for
+from relance.models import PushRequest
 from relance.simulator import Behaviour
-from relance.timing import QuietHours
+from relance.timing import QuietHours, Timing
 from tests.stack import Stack, eventually, inprocess_stack
 from workflows.push_journey import PushJourney
 
@@ -411,3 +414,69 @@ async def test_eight_journeys_race_for_a_device_last_slot_and_exactly_one_sends(
     stages = [r.funnel.stages[0] for r, _ in results]
     assert sorted(s.sent for s in stages) == [0] * 7 + [1]
     assert sum(s.skipped_by_reason.get("frequency_capped", 0) for s in stages) == 7
+
+
+async def test_send_at_holds_stage_0_and_resends_count_from_it(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    resend = {"trigger": {"condition": "not_clicked", "within": "1h"}, "stages": [{"after": "1h"}]}
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await register(stack, {"s-1": "Europe/Paris"})
+        now = await clock_env.get_current_time()
+        send_at = (now + timedelta(hours=3)).replace(microsecond=0)
+        payload = body(["s-1"], resend, send_at=send_at.isoformat())
+        msg_id = await push(stack, clock_env, payload)
+        await clock_env.sleep(timedelta(hours=2))
+        assert stack.fleet.messages(msg_id, 0) == []  # not before send_at
+        result, history = await finish(clock_env, msg_id, timedelta(hours=4))
+
+    assert result.state == "completed"
+    (at0, inp0, _), (at1, inp1, _) = slot_sends(history)
+    assert inp0.held and inp0.scheduled_at == send_at
+    assert inp1.scheduled_at == send_at + timedelta(hours=2)  # within 1h + after 1h
+    assert timedelta(0) <= at0 - send_at < timedelta(seconds=5)  # slept until then
+    assert timedelta(0) <= at1 - (send_at + timedelta(hours=2)) < timedelta(seconds=5)
+    assert [s.sent for s in result.funnel.stages] == [1, 1]
+
+
+async def test_a_held_journey_continues_as_new_and_keeps_its_slots(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await register(stack, {"c-sg": "Asia/Singapore", "c-ny": "America/New_York"})
+        start = await next_utc(clock_env, 21, 30)
+        await move_clock_to(clock_env, start)
+        request = PushRequest.model_validate(body(["c-sg", "c-ny"]))
+        pushed = ledger.accept_push(stack.engine, stack.app_key, request).push
+        timing = Timing(quiet_hours=QUIET)
+        plan = plan_for(pushed.msg_id, stack.app_key, request, timing)
+        handle = await start_journey(
+            clock_env.client, task_queue, plan.model_copy(update={"signals_per_run": 3})
+        )
+        first_run = handle.result_run_id
+        await eventually(lambda: len(stack.fleet.messages(pushed.msg_id, 0)) == 1)  # New York
+        for _ in range(5):  # a storm of progress signals while Singapore is held
+            await handle.signal(
+                PushJourney.record_progress, ledger.progress(stack.engine, pushed.msg_id)
+            )
+        result = await handle.result()
+        got = {m["registration_id"] for m in stack.fleet.messages(pushed.msg_id, 0)}
+        first = clock_env.client.get_workflow_handle(handle.id, run_id=first_run)
+        histories = [await first.fetch_history(), await handle.fetch_history()]
+
+    assert result.state == "completed"
+    assert got == {"c-sg", "c-ny"}
+    sends = [s for h in histories for s in slot_sends(h)]
+    assert [s[1].zones for s in sends] == [["America/New_York"], ["Asia/Singapore"]]
+    assert local(sends[1][0], "Asia/Singapore").time().replace(second=0, microsecond=0) == time(8)
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
+    for history in histories:
+        await replayer.replay_workflow(history)
+    prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
+    if prefix:  # when-held-continued.json, when-held-final.json
+        for name, history in zip(("continued", "final"), histories, strict=True):
+            (HISTORIES / f"{prefix}-held-{name}.json").write_text(history.to_json())
