@@ -105,6 +105,9 @@ class QuietHours(BaseModel):
         return wall >= self.start or wall < self.end
 
 
+MAX_CAP_WINDOW = timedelta(days=90)
+
+
 class FrequencyCap(BaseModel):
     """At most `max` sends to a device in any rolling window of `per`, across the app's pushes."""
 
@@ -116,7 +119,7 @@ class FrequencyCap(BaseModel):
     @field_validator("per")
     @classmethod
     def _window(cls, v: timedelta) -> timedelta:
-        if not timedelta(minutes=1) <= v <= timedelta(days=90):
+        if not timedelta(minutes=1) <= v <= MAX_CAP_WINDOW:
             raise ValueError("expected a window between 1m and 90d")
         return v
 

@@ -5,7 +5,7 @@ atomic step, and the app throttle's per-minute tokens shared by all its pushes a
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, func, update
@@ -18,7 +18,7 @@ from relance.ledger._base import NotFound, chunks, insert_for, on_postgresql
 from relance.ledger.events import event_key, store_events
 from relance.ledger.sending import Outbound, Page
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
-from relance.timing import FrequencyCap
+from relance.timing import MAX_CAP_WINDOW, FrequencyCap
 
 
 class SkipReason:
@@ -283,6 +283,13 @@ def _within_caps(
         )
     if new:
         session.execute(insert_for(session)(DeviceSend).on_conflict_do_nothing(), new)
+    session.execute(  # older than any window (90 days at most): nothing reads them again
+        delete(DeviceSend).where(
+            col(DeviceSend.app_key) == app_key,
+            col(DeviceSend.registration_id).in_(rids),
+            col(DeviceSend.at) < claim.at - MAX_CAP_WINDOW,
+        )
+    )
     return allowed
 
 
@@ -302,10 +309,23 @@ def take_tokens(engine: Engine, app_key: str, minute: datetime, want: int, per_m
     if want <= 0:
         return 0
     with Session(engine) as session:
-        session.execute(
-            insert_for(session)(ThrottleMinute).on_conflict_do_nothing(),
-            [{"app_key": app_key, "minute": minute, "used": 0}],
+        opened = (
+            session.connection()
+            .execute(
+                insert_for(session)(ThrottleMinute)
+                .on_conflict_do_nothing()
+                .execution_options(preserve_rowcount=True),
+                {"app_key": app_key, "minute": minute, "used": 0},
+            )
+            .rowcount
         )
+        if opened:  # a new minute: the app's minutes of more than an hour ago go
+            session.execute(
+                delete(ThrottleMinute).where(
+                    col(ThrottleMinute.app_key) == app_key,
+                    col(ThrottleMinute.minute) < minute - timedelta(hours=1),
+                )
+            )
         query = sa_select(col(ThrottleMinute.used)).where(
             col(ThrottleMinute.app_key) == app_key, col(ThrottleMinute.minute) == minute
         )

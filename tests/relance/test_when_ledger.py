@@ -66,3 +66,22 @@ def test_the_app_throttle_is_shared_by_concurrent_pushes(engine: Engine) -> None
     timed.give_back(engine, app_key, minute, 20)
     assert timed.take_tokens(engine, app_key, minute, 50, 120) == 20
     assert timed.take_tokens(engine, app_key, minute + timedelta(minutes=1), 50, 120) == 50
+
+
+def test_counts_older_than_any_window_are_pruned(engine: Engine) -> None:
+    from sqlmodel import Session, select
+
+    from relance.db import DeviceSend, ThrottleMinute
+
+    app_key, _ = ledger.create_app(engine, "shop")
+    claim = timed.Claim(zones=None, at=AT, caps=[CAP])
+    timed.claim_timed(engine, push_to(engine, app_key, "dev-1"), 0, 0, 10, claim)
+    later = timed.Claim(zones=None, at=AT + timedelta(days=91), caps=[CAP])
+    timed.claim_timed(engine, push_to(engine, app_key, "dev-1"), 0, 0, 10, later)
+    timed.take_tokens(engine, app_key, AT, 1, 10)
+    timed.take_tokens(engine, app_key, AT + timedelta(hours=2), 1, 10)
+    with Session(engine) as session:
+        sends = list(session.exec(select(DeviceSend.at)))
+        minutes = list(session.exec(select(ThrottleMinute.minute)))
+    assert [s.replace(tzinfo=UTC) for s in sends] == [later.at]
+    assert [m.replace(tzinfo=UTC) for m in minutes] == [AT + timedelta(hours=2)]
