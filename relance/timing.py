@@ -99,7 +99,7 @@ class QuietHours(BaseModel):
         return self
 
     def contains(self, wall: time) -> bool:
-        wall = wall.replace(second=0, microsecond=0) if wall.second or wall.microsecond else wall
+        """Whether a local wall time is quiet: in [start, end), across midnight if need be."""
         if self.start < self.end:
             return self.start <= wall < self.end
         return wall >= self.start or wall < self.end
