@@ -85,6 +85,7 @@ def build_worker(
             audience.materialise_audience,
             journey.send_stage,
             journey.finish_journey,
+            journey.plan_zones,
             callbacks.deliver_callbacks,
         ],
         workflow_runner=(

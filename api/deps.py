@@ -48,6 +48,11 @@ class AuthCache:
             return None
         return found[1]
 
+    def forget(self, app_key: str) -> None:
+        """The app changed (its policy): this process reads it again on its next request."""
+        for key in [k for k in self._apps if k[0] == app_key]:
+            self._apps.pop(key, None)
+
     def put(self, key: tuple[str, bytes], app: App) -> None:
         if self.ttl <= 0:
             return

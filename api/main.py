@@ -17,6 +17,7 @@ from api.routes import (
     callbacks,
     devices,
     events,
+    policy,
     providers,
     push,
     relay,
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(relay.router)
     app.include_router(status.router)
     app.include_router(unsupported.router)
+    app.include_router(policy.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -27,6 +27,11 @@ class App(SQLModel, table=True):
     callback_username: str | None = Field(default=None, max_length=128)
     # Kept in clear: it signs every callback (the receiver holds the same secret).
     callback_secret: str | None = Field(default=None, max_length=128)
+    # When and how often (relance.timing.AppPolicy): defaults for every push of the app.
+    timezone: str | None = Field(default=None, max_length=64)
+    quiet_hours: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    frequency_caps: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    throttle_per_minute: int | None = None
 
 
 class ProviderConfig(SQLModel, table=True):
@@ -66,6 +71,7 @@ class Device(SQLModel, table=True):
     # When the device last reported a status of its own (delivered, displayed, clicked), to
     # the minute: what `POST /v4/devices/status` calls its last online time.
     last_seen_at: datetime | None = None
+    timezone: str | None = Field(default=None, max_length=64)  # IANA; None: the app's
 
 
 class DeviceTag(SQLModel, table=True):
@@ -133,6 +139,8 @@ class Recipient(SQLModel, table=True):
     failed_at: datetime | None = None
     error: str | None = Field(default=None, max_length=500)
     stopped: bool = False
+    # The device's time zone when a timed journey planned its slots (None: not planned).
+    timezone: str | None = Field(default=None, max_length=64)
 
 
 class Delivery(SQLModel, table=True):
@@ -156,6 +164,30 @@ class Delivery(SQLModel, table=True):
     clicked_at: datetime | None = None
     failed_at: datetime | None = None
     error: str | None = Field(default=None, max_length=500)
+    # Held by quiet hours, local_time or send_at: released (or to be released) at this time.
+    held_until: datetime | None = None
+    # Why it was skipped: stopped (clicked, failed), invalid_token, frequency_capped.
+    skip_reason: str | None = Field(default=None, max_length=32)
+
+
+class DeviceSend(SQLModel, table=True):
+    """One send counted against an app's frequency caps: every push, every stage. Written in
+    the same transaction that checks the caps and claims the delivery."""
+
+    __table_args__ = (Index("ix_devicesend_window", "app_key", "registration_id", "at"),)
+
+    delivery_id: int = Field(primary_key=True)  # one count per delivery, however many tries
+    app_key: str = Field(max_length=64)
+    registration_id: str = Field(max_length=2048)
+    at: datetime
+
+
+class ThrottleMinute(SQLModel, table=True):
+    """Sends an app has taken in one minute, across its pushes and workers."""
+
+    app_key: str = Field(primary_key=True, max_length=64)
+    minute: datetime = Field(primary_key=True)
+    used: int = 0
 
 
 class StatusEvent(SQLModel, table=True):

@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,6 +18,7 @@ from pydantic import (
 
 from relance.durations import format_duration, parse_duration
 from relance.templates import check_template
+from relance.timing import LocalTime, PolicyOverrides, QuietHours, TimeZoneName
 
 Duration = Annotated[
     timedelta,
@@ -170,6 +172,29 @@ class PushOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     time_to_live: int | None = Field(None, ge=0, le=15 * 24 * 3600, description="Seconds.")
+    # When and how often (relance.timing): overrides of the app's policy for this push.
+    quiet_hours: QuietHours | Literal[False] | None = Field(
+        None, description="This push's quiet hours, or false to ignore the app's (urgent)."
+    )
+    frequency_cap: Literal[False] | None = Field(
+        None, description="false: transactional, neither capped nor counted."
+    )
+    throttle_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    send_at: AwareDatetime | None = Field(
+        None, description="An ISO instant with its offset; not in the past."
+    )
+    local_time: LocalTime | None = Field(
+        None, description="Each recipient at the next HH:MM of their own time zone."
+    )
+
+    def overrides(self) -> PolicyOverrides:
+        return PolicyOverrides(
+            quiet_hours=self.quiet_hours,
+            frequency_cap=self.frequency_cap,
+            throttle_per_minute=self.throttle_per_minute,
+            send_at=self.send_at,
+            local_time=self.local_time,
+        )
 
 
 Platform = Literal["android", "ios", "web"]
@@ -383,6 +408,9 @@ class DeviceIn(BaseModel):
     tags: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=100)
     alias: str | None = Field(None, max_length=128)
     attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: TimeZoneName | None = Field(
+        None, description="IANA name; without one, the app's default time zone applies."
+    )
 
 
 class DeviceBatch(BaseModel):

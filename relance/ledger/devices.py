@@ -68,6 +68,8 @@ def upsert_devices(
                 session.add(row)
             row.platform, row.tags, row.alias = d.platform, d.tags, d.alias
             row.attributes, row.valid, row.invalid_reason = d.attributes, True, None
+            if d.timezone is not None:  # a registration without one keeps the known zone
+                row.timezone = d.timezone
             row.updated_at = utcnow()
         session.flush()  # every device has its id
         _replace_tags(session, app_key, list(known.values()))

@@ -118,8 +118,12 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
         items: list[Outbound] = []
         skipped: list[int] = []
         claimed: list[int] = []
+        invalid: list[int] = []
         for delivery_id, registration_id, status, platform, stopped, valid, attributes in rows:
-            if not valid or (stage > 0 and stopped):  # valid is None: the device is gone
+            if not valid:  # valid is None: the device is gone
+                invalid.append(delivery_id)
+                continue
+            if stage > 0 and stopped:
                 skipped.append(delivery_id)
                 continue
             resend = status == DeliveryStatus.sending
@@ -128,21 +132,28 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
             items.append(
                 Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
             )
-        for ids, status in ((skipped, DeliveryStatus.skipped), (claimed, DeliveryStatus.sending)):
+        for ids, values in (
+            (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),
+            (invalid, {"status": DeliveryStatus.skipped.value, "skip_reason": "invalid_token"}),
+            (claimed, {"status": DeliveryStatus.sending.value}),
+        ):
             if not ids:
                 continue
             if on_postgresql(session):  # one array parameter, not one bound value per id
-                session.connection().exec_driver_sql(_PG_MARK, {"status": status.value, "ids": ids})
-            else:
-                session.execute(
-                    update(Delivery).where(col(Delivery.id).in_(ids)).values(status=status.value)
+                session.connection().exec_driver_sql(
+                    _PG_MARK, {"reason": None, **values, "ids": ids}
                 )
+            else:
+                session.execute(update(Delivery).where(col(Delivery.id).in_(ids)).values(**values))
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 
 
 _DELIVERY = Delivery.__tablename__
-_PG_MARK = f"UPDATE {_DELIVERY} SET status = %(status)s WHERE id = ANY(%(ids)b::int[])"
+_PG_MARK = (
+    f"UPDATE {_DELIVERY} SET status = %(status)s, "
+    "skip_reason = coalesce(%(reason)s, skip_reason) WHERE id = ANY(%(ids)b::int[])"
+)
 # PostgreSQL: a page's outcomes as one array per column, joined by id in one UPDATE (psycopg
 # sends each list as one binary array; an executemany bound and sent every row on its own).
 _PG_OUTCOME_COLUMNS = {

@@ -48,8 +48,9 @@ def test_every_route_has_a_worked_example(tmp_path: Path) -> None:
 
 def test_every_route_documents_errors_in_engagelabs_shape_not_422(tmp_path: Path) -> None:
     """400 and 404 everywhere, 401, 429 (with the rate headers) and 503 where the route
-    authenticates, 409 where a route can conflict, all with the error schema; a router included after create_app (as the
-    other EngageLab routes are) is covered without doing anything."""
+    authenticates, 409 where a route can conflict, all with the error schema; a router
+    included after create_app (as the other EngageLab routes are) is covered without doing
+    anything."""
     url = f"sqlite:///{tmp_path / 'l.db'}"
     migrate.upgrade(url)
     app = create_app(Settings(database_url=url))
