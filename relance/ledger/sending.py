@@ -5,14 +5,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, update
+from sqlalchemy import and_, exists, func, insert, literal, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
 from relance.journey import Progress
-from relance.ledger._base import NotFound, arrays, chunks, insert_for, on_postgresql, unnest
+from relance.ledger._base import NotFound, arrays, on_postgresql, unnest
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
@@ -34,23 +34,37 @@ def select_resend_audience(engine: Engine, msg_id: str, stage: int) -> int:
         ).scalar_one()
         if already:
             return int(already)
-        matching = select(Recipient.registration_id).where(
-            Recipient.msg_id == msg_id,
-            col(Recipient.stopped).is_(False),
-            exists().where(
-                col(Device.app_key) == push.app_key,
-                col(Device.registration_id) == col(Recipient.registration_id),
-                col(Device.valid).is_(True),
-            ),
-        )
-        ids = list(session.exec(matching))
-        for chunk in chunks(ids, 1000):
-            session.execute(
-                insert_for(session)(Delivery),
-                [{"msg_id": msg_id, "stage": stage, "registration_id": rid} for rid in chunk],
+        # One INSERT ... SELECT in the database, in the recipients' order: no id of a
+        # million-recipient stage passes through this process's memory.
+        matching = (
+            sa_select(
+                literal(msg_id),
+                literal(stage),
+                col(Recipient.registration_id),
+                literal(DeliveryStatus.pending.value),
             )
+            .where(
+                col(Recipient.msg_id) == msg_id,
+                col(Recipient.stopped).is_(False),
+                exists().where(
+                    col(Device.app_key) == push.app_key,
+                    col(Device.registration_id) == col(Recipient.registration_id),
+                    col(Device.valid).is_(True),
+                ),
+            )
+            .order_by(col(Recipient.id))
+        )
+        session.connection().execute(
+            insert(Delivery).from_select(["msg_id", "stage", "registration_id", "status"], matching)
+        )
+        # Counted, not the INSERT's rowcount: psycopg reports none for an INSERT ... SELECT.
+        queued = session.execute(
+            sa_select(func.count())
+            .select_from(Delivery)
+            .where(col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage)
+        ).scalar_one()
         session.commit()
-        return len(ids)
+        return int(queued)
 
 
 @dataclass
