@@ -37,6 +37,7 @@ from relance.ledger.pushes import (
     get_push,
     new_msg_id,
     set_state,
+    unfinished_pushes,
 )
 from relance.ledger.sending import (
     Outbound,
@@ -121,6 +122,7 @@ __all__ = [
     "set_callbacks",
     "set_provider",
     "set_state",
+    "unfinished_pushes",
     "stage_result",
     "upsert_devices",
     "valid_registration_ids",
