@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relance.ledger import LedgerError, NotFound
@@ -133,6 +134,17 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, LimitExceeded):  # a limit of its own code (relance.ledger.tags)
             body["error"]["code"] = exc.code
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(OperationalError)
+    async def _ledger_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # The ledger cannot write (disk full) or cannot be reached (PostgreSQL restarting): the
+        # request's transaction was rolled back, so nothing of it is half-done. Retry later.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "unavailable"
+        return JSONResponse(
+            error_body(503, f"ledger: unavailable ({reason}); retry the same request"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:

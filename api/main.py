@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
+from api.journeys import repair_journeys_forever
 from api.ratelimit import RateLimiter, RateLimitHeaders
 from api.routes import (
     batch,
@@ -73,7 +74,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         context.coalescer.client = context.client
-        tasks = [asyncio.create_task(_connect()), asyncio.create_task(context.coalescer.run())]
+        tasks = [
+            asyncio.create_task(_connect()),
+            asyncio.create_task(context.coalescer.run()),
+            asyncio.create_task(repair_journeys_forever(lambda: context.client, engine, settings)),
+        ]
         yield
         for task in tasks:
             task.cancel()

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # EngageLab's per-app request rate: requests per second each app may make to the
     # authenticated routes of one API process (429 with code 23008 beyond it). 0: no limit.
     rate_limit_per_second: int = Field(500, ge=0)
+    # A push recorded whose journey never started (its API was killed between the two steps)
+    # gets its journey from the API's repair loop: every `interval` seconds it looks at the
+    # unfinished pushes recorded between `window` and `after` seconds ago (api/journeys.py).
+    journey_repair_interval_seconds: float = Field(10.0, gt=0)
+    journey_repair_after_seconds: float = Field(30.0, ge=0)
+    journey_repair_window_seconds: float = Field(86400.0, gt=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -44,6 +44,7 @@ from relance.ledger.pushes import (
     get_push,
     new_msg_id,
     set_state,
+    unfinished_pushes,
 )
 from relance.ledger.sending import (
     Outbound,
@@ -130,6 +131,7 @@ __all__ = [
     "set_policy",
     "set_provider",
     "set_state",
+    "unfinished_pushes",
     "stage_result",
     "upsert_devices",
     "valid_registration_ids",
