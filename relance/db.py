@@ -72,6 +72,9 @@ class Device(SQLModel, table=True):
     # the minute: what `POST /v4/devices/status` calls its last online time.
     last_seen_at: datetime | None = None
     timezone: str | None = Field(default=None, max_length=64)  # IANA; None: the app's
+    # Opted out by an `unsubscribed` event: no later stage or push reaches it until the device
+    # registers again.
+    unsubscribed_at: datetime | None = None
 
 
 class DeviceTag(SQLModel, table=True):
@@ -141,6 +144,15 @@ class Recipient(SQLModel, table=True):
     stopped: bool = False
     # The device's time zone when a timed journey planned its slots (None: not planned).
     timezone: str | None = Field(default=None, max_length=64)
+    # The first conversion attributed to this push (a repeated one counts once): when, its
+    # value and currency, and the stage it is attributed to.
+    converted_at: datetime | None = None
+    conversion_value: float | None = None
+    conversion_currency: str | None = Field(default=None, max_length=8)
+    converted_stage: int | None = None
+    # The device unsubscribed while this push was running (and at which stage).
+    unsubscribed_at: datetime | None = None
+    unsubscribed_stage: int | None = None
 
 
 class Delivery(SQLModel, table=True):
@@ -168,6 +180,8 @@ class Delivery(SQLModel, table=True):
     held_until: datetime | None = None
     # Why it was skipped: stopped (clicked, failed), invalid_token, frequency_capped.
     skip_reason: str | None = Field(default=None, max_length=32)
+    # The A/B variant this recipient was assigned at this stage (None: the stage has none).
+    variant: str | None = Field(default=None, max_length=32)
 
 
 class DeviceSend(SQLModel, table=True):

@@ -305,3 +305,41 @@ def test_an_older_ledger_upgrades_to_time_zones_and_policy_keeping_its_rows(
     }
     ledger.set_policy(blank, "shop", AppPolicy(timezone="Europe/Paris"))
     assert ledger.get_app(blank, "shop").timezone == "Europe/Paris"
+
+
+def test_an_older_ledger_upgrades_to_variants_and_conversions_keeping_its_rows(
+    blank: Engine,
+) -> None:
+    """The funnel-truth revision: every row kept; no variant, not converted, subscribed."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    migrate.upgrade(blank, "a21a6072ade8")  # the revision before it
+    with blank.connect() as conn:
+        before = {
+            table: conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id").all()
+            for table in ("device", "recipient", "delivery")
+        }
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        after = {
+            table: conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id").all()
+            for table in before
+        }
+        new = {
+            "delivery": conn.exec_driver_sql("SELECT DISTINCT variant FROM delivery").all(),
+            "device": conn.exec_driver_sql("SELECT DISTINCT unsubscribed_at FROM device").all(),
+            "recipient": conn.exec_driver_sql(
+                "SELECT DISTINCT converted_at, conversion_value, unsubscribed_at FROM recipient"
+            ).all(),
+        }
+    for table, rows in before.items():
+        assert rows and [r[: len(rows[0])] for r in after[table]] == rows, table
+    assert new == {
+        "delivery": [(None,)],
+        "device": [(None,)],
+        "recipient": [(None, None, None)],
+    }
