@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # EngageLab's per-app request rate: requests per second each app may make to the
     # authenticated routes of one API process (429 with code 23008 beyond it). 0: no limit.
     rate_limit_per_second: int = Field(500, ge=0)
+    # The largest request body the API reads; larger ones are refused with 413 (code 21413).
+    # 4 MiB holds the largest legitimate bodies: 5,000 devices (POST /v4/devices) or 5,000
+    # events (POST /v4/events) with FCM-length (~160-character) registration ids, tags and a
+    # few attributes, measured at about 2 MB in tests/api/test_limits.py.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 
