@@ -20,6 +20,10 @@ from relance import ledger
 from relance.db import App
 from relance.settings import Settings
 
+# Ids and cursors are the ledger's 64-bit integers: a larger one is refused as invalid (400)
+# before it reaches the database driver, which cannot bind it.
+MAX_ID = 2**63 - 1
+
 
 class AuthCache:
     """Apps that authenticated lately, so a burst of requests does not read the ledger for each.

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from api import errors
 from api.deps import AuthCache, Context
 from api.journeys import repair_journeys_forever
+from api.limits import RequestLimits
 from api.ratelimit import RateLimiter, RateLimitHeaders
 from api.routes import (
     batch,
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     errors.install(app)
     errors.document_errors(app)
     app.add_middleware(RateLimitHeaders)
+    # Outermost: a body too large or carrying NUL characters is refused before anything reads it.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.include_router(push.router)
     app.include_router(batch.router)
     app.include_router(events.router)

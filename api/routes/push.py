@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import AppDep, ContextDep, temporal
-from api.errors import CONFLICT, ApiError
+from api.deps import MAX_ID, AppDep, ContextDep, temporal
+from api.errors import ApiError, responses
 from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
@@ -253,7 +253,7 @@ async def list_callbacks(
     msg_id: str,
     app: AppDep,
     ctx: ContextDep,
-    cursor: int = Query(0, ge=0, description="The `next_cursor` of the previous page."),
+    cursor: int = Query(0, ge=0, le=MAX_ID, description="The `next_cursor` of the previous page."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> CallbackPage:
     """The status events of one push, oldest first, a page at a time."""
@@ -284,7 +284,7 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
     await handle.signal(PushJourney.cancel)
 
 
-@router.delete("/v4/push/{msg_id}", response_model=Cancelled, responses=CONFLICT)
+@router.delete("/v4/push/{msg_id}", response_model=Cancelled, responses=responses(409))
 async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     """Stop the pending resends of a push; its journey ends as cancelled."""
     await _stop(ctx, app.app_key, msg_id, again_ok=False)
@@ -302,7 +302,7 @@ class Withdrawn(BaseModel):
     msg_id: str
 
 
-@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn, responses=CONFLICT)
+@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn, responses=responses(409))
 async def withdraw_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Withdrawn:
     """EngageLab's withdraw: stops the push's pending resends, as `DELETE /v4/push/{msg_id}`
     does. It does not take back a notification a device already received. Withdrawing again
