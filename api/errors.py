@@ -176,11 +176,16 @@ def install(app: FastAPI) -> None:
 
 def allowed_methods(request: Request) -> list[str]:
     """The methods the OpenAPI document gives this request's path (HEAD with GET, as Starlette
-    serves it): what the path answers, as documented."""
+    serves it): what the path answers, as documented. A fixed path (/v4/devices/status) is its
+    own resource, not an instance of a templated one it also matches (/v4/devices/{id})."""
     methods: set[str] = set()
-    for template, item in request.app.openapi().get("paths", {}).items():
-        if compile_path(template)[0].match(request.url.path):
-            methods |= {m.upper() for m in item}
+    paths = request.app.openapi().get("paths", {})
+    if request.url.path in paths:
+        methods = {m.upper() for m in paths[request.url.path]}
+    else:
+        for template, item in paths.items():
+            if compile_path(template)[0].match(request.url.path):
+                methods |= {m.upper() for m in item}
     if "GET" in methods:
         methods.add("HEAD")
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -57,6 +57,8 @@ def test_schemathesis_finds_no_failure_on_any_operation(
             timeout=1800,
         )
     out = run.stdout + run.stderr
+    if run.returncode != 0:
+        print(out)  # the whole report, under "Captured stdout call"
     assert run.returncode == 0, out[-6000:]
     assert f"Selected: {operations}/{operations}" in out and f"Tested: {operations}" in out, out
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
