@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
-from api.routes import callbacks, devices, events, providers, push, relay
+from api.routes import callbacks, devices, events, providers, push, relay, schedules
 from api.signals import SignalCoalescer
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(callbacks.router)
     app.include_router(providers.router)
     app.include_router(relay.router)
+    app.include_router(schedules.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -27,6 +27,16 @@ from relance.ledger.pushes import (
     new_msg_id,
     set_state,
 )
+from relance.ledger.schedules import (
+    app_timezone,
+    create_schedule,
+    delete_schedule,
+    get_schedule,
+    list_firings,
+    list_schedules,
+    record_firing,
+    update_schedule,
+)
 from relance.ledger.sending import (
     Outbound,
     Page,
@@ -38,6 +48,14 @@ from relance.ledger.sending import (
 )
 
 __all__ = [
+    "update_schedule",
+    "record_firing",
+    "list_schedules",
+    "list_firings",
+    "get_schedule",
+    "delete_schedule",
+    "create_schedule",
+    "app_timezone",
     "Accepted",
     "IngestResult",
     "LedgerError",
