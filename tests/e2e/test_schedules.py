@@ -4,9 +4,11 @@ Schedules): each EngageLab schedule is a Temporal Schedule, read back through it
 firings triggered through that handle each make a push that reaches the devices."""
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,12 +23,18 @@ from engagelab.schedule import (
 )
 from sqlmodel import Session, col, select
 from temporalio.client import ScheduleRange
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from relance.db import Push
 from relance.simulator import Behaviour
 from tests.stack import Stack, eventually, inprocess_stack
+from workflows.scheduled_push import ScheduledPush
+
+HISTORIES = Path(__file__).parent.parent / "histories"
 
 RIDS = ["sched-a", "sched-b", "sched-c"]
 PUSH = {
@@ -137,6 +145,23 @@ async def test_a_daily_schedule_is_a_temporal_schedule_and_each_firing_is_a_push
     assert {p.request["body"]["notification"]["android"]["alert"] for p in pushes} == {
         "Morning briefing"
     }
+
+    # The firings' workflow replays deterministically, in the sandbox.
+    firings = [
+        w
+        async for w in dev_server.client.list_workflows(
+            f"WorkflowType = 'ScheduledPush' AND RelanceApp = '{stack.app_key}'"
+        )
+    ]
+    assert len(firings) >= 3
+    history = await dev_server.client.get_workflow_handle(firings[0].id).fetch_history()
+    await Replayer(
+        workflows=[ScheduledPush],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    ).replay_workflow(history)
+    if os.environ.get("RELANCE_RECORD_HISTORIES"):
+        (HISTORIES / "scheduled-push.json").write_text(history.to_json())
 
     got = await call(client.schedule.get, created.schedule_id)
     assert got["name"] == "morning_briefing" and got["enabled"] is True
