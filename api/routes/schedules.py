@@ -185,10 +185,11 @@ def _temporal_schedule(
     )
 
 
-async def _checked(app_key: str, data: ScheduleIn, ctx: ContextDep) -> str:
-    """The app's zone, once the trigger is known to fire in the future."""
+async def _checked(app_key: str, data: ScheduleIn, ctx: ContextDep, new_trigger: bool) -> str:
+    """The app's zone, once a new trigger is known to fire in the future (a schedule that has
+    fired its single time may still be renamed)."""
     zone = await run_in_threadpool(ledger.app_timezone, ctx.engine, app_key)
-    problem = check_future(data.trigger, zone, utcnow())
+    problem = check_future(data.trigger, zone, utcnow()) if new_trigger else None
     if problem is not None:
         raise ApiError(400, f"{problem[0]}: {problem[1]}", problem[0])
     await check_urls(ctx, data.push.callback_url or [], "push.callback_url")
@@ -208,7 +209,7 @@ async def create_schedule(data: ScheduleIn, app: AppDep, ctx: ContextDep) -> Sch
     `frequency` days, weeks on `point` weekdays, or months on `point` days, from `start` to
     `end`). Each firing makes a new push with its own msg_id. `intelligent` is refused."""
     client = temporal(ctx)
-    zone = await _checked(app.app_key, data, ctx)
+    zone = await _checked(app.app_key, data, ctx, new_trigger=True)
     schedule_id = str(uuid.uuid4())
     trigger, push = _stored(data)
     await run_in_threadpool(
@@ -275,7 +276,7 @@ async def update_schedule(
         data = ScheduleIn.model_validate(merged)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
-    zone = await _checked(app.app_key, data, ctx)
+    zone = await _checked(app.app_key, data, ctx, new_trigger=change.trigger is not None)
     new = _temporal_schedule(app.app_key, schedule_id, data, zone, ctx.settings.task_queue)
 
     def _replace(_: ScheduleUpdateInput) -> TemporalUpdate:

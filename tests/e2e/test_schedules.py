@@ -277,7 +277,9 @@ def _error(exc: ApiError) -> tuple[int, int, str]:
     return exc.status_code, exc.error.code, exc.error.message
 
 
-async def test_bad_schedules_are_refused_naming_the_field(stack: Stack) -> None:
+async def test_bad_schedules_are_refused_naming_the_field(
+    stack: Stack, dev_server: WorkflowEnvironment
+) -> None:
     client = sdk(stack)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     fmt = "%Y-%m-%d %H:%M:%S"
@@ -332,6 +334,23 @@ async def test_bad_schedules_are_refused_naming_the_field(stack: Stack) -> None:
             SchedulePushParam(name="smart", enabled=True, trigger={"intelligent": {}}, push=PUSH),
         )
     assert "not supported" in unsupported.value.error.message
+    # A PUT is checked the same way, and a refused one changes nothing, in Temporal either.
+    good = await call(
+        client.schedule.create,
+        SchedulePushParam(name="good", enabled=True, trigger=daily(start), push=PUSH),
+    )
+    for trigger, field in cases[:3]:
+        with pytest.raises(ApiError) as refused:
+            await call(client.schedule.update, good.schedule_id, SchedulePushParam(trigger=trigger))
+        status, code, message = _error(refused.value)
+        assert (status, code) == (400, 21003) and message.startswith(f"{field}:"), message
+    handle = dev_server.client.get_schedule_handle(temporal_id(stack, good.schedule_id))
+    described = await handle.describe()
+    assert described.schedule.spec.calendars[0].minute == (ScheduleRange(30),)
+    assert (await call(client.schedule.get, good.schedule_id))["trigger"]["periodical"][
+        "time_unit"
+    ] == "day"
+    await call(client.schedule.delete, good.schedule_id)
     # Nothing was kept of any refused schedule.
     page = await call(client.schedule.list, 1)
     assert "bad" not in [s["name"] for s in page.schedules or []]
