@@ -15,6 +15,7 @@ from activities.audience import AudienceActivities
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
+from activities.schedules import ScheduleActivities
 from relance.db import make_engine
 from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
@@ -22,6 +23,7 @@ from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
 from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
+from workflows.scheduled_push import ScheduledPush
 
 log = logging.getLogger("relance.worker")
 
@@ -79,16 +81,18 @@ def build_worker(
         ),
     )
     audience = AudienceActivities(engine)
+    schedules = ScheduleActivities(engine)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[PushJourney, CallbackForwarder],
+        workflows=[PushJourney, CallbackForwarder, ScheduledPush],
         activities=[
             audience.materialise_audience,
             journey.send_stage,
             journey.finish_journey,
             journey.plan_zones,
             callbacks.deliver_callbacks,
+            schedules.fire_schedule,
         ],
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()

@@ -23,6 +23,7 @@ from api.routes import (
     providers,
     push,
     relay,
+    schedules,
     status,
     tags,
     unsupported,
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(status.router)
     app.include_router(unsupported.router)
     app.include_router(policy.router)
+    app.include_router(schedules.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -253,6 +253,36 @@ class CallbackBatch(SQLModel, table=True):
     delivered_at: datetime | None = None
 
 
+class Schedule(SQLModel, table=True):
+    """An EngageLab scheduled push (`/v4/schedules`); its timing runs as the Temporal Schedule
+    `schedule-<app_key>-<schedule_id>`, and each firing reads the push body from here."""
+
+    schedule_id: str = Field(primary_key=True, max_length=64)
+    app_key: str = Field(index=True, max_length=64)
+    name: str = Field(max_length=255)
+    enabled: bool = True
+    trigger: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    push: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ScheduleFiring(SQLModel, table=True):
+    """One firing of a schedule and the push it made (or why it made none); one row per
+    firing, whatever the retries: `/v4/schedules/{id}/msg-ids` reads these."""
+
+    __table_args__ = (UniqueConstraint("schedule_id", "firing_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: str = Field(max_length=64)
+    # The firing's nominal time as Temporal names it: the same for every retry of a firing.
+    firing_key: str = Field(max_length=64)
+    msg_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=500)
+    scheduled_at: datetime
+    fired_at: datetime = Field(default_factory=utcnow)
+
+
 # How long a writer waits for SQLite's write lock before the transaction fails, and the step
 # of SQLite's own busy handler for the statements inside a transaction.
 SQLITE_WRITE_WAIT_SECONDS = 60.0

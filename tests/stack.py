@@ -50,6 +50,7 @@ class Stack:
     engine: Engine
     settings: Settings
     app_key: str
+    master_secret: str = ""
 
 
 @asynccontextmanager
@@ -80,7 +81,7 @@ async def inprocess_stack(
         httpx.AsyncClient(base_url=settings.api_url, auth=(key, secret)) as api,
         httpx.AsyncClient(base_url=settings.simulator_url) as sim,
     ):
-        yield Stack(api, sim, sim_app.state.fleet, engine, settings, key)
+        yield Stack(api, sim, sim_app.state.fleet, engine, settings, key, secret)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:

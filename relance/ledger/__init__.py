@@ -46,6 +46,16 @@ from relance.ledger.pushes import (
     set_state,
     unfinished_pushes,
 )
+from relance.ledger.schedules import (
+    app_timezone,
+    create_schedule,
+    delete_schedule,
+    get_schedule,
+    list_firings,
+    list_schedules,
+    record_firing,
+    update_schedule,
+)
 from relance.ledger.sending import (
     Outbound,
     Page,
@@ -90,6 +100,14 @@ __all__ = [
     "register_tokens",
     "set_device",
     "set_tag",
+    "update_schedule",
+    "record_firing",
+    "list_schedules",
+    "list_firings",
+    "get_schedule",
+    "delete_schedule",
+    "create_schedule",
+    "app_timezone",
     "Accepted",
     "DeviceLifecycle",
     "MessageStats",

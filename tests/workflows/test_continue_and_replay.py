@@ -19,6 +19,7 @@ from relance.simulator import Behaviour
 from tests.stack import eventually, inprocess_stack
 from tests.workflows.test_push_journey import DEVICES, NEWS, push_body, stages_done
 from workflows.push_journey import PushJourney
+from workflows.scheduled_push import ScheduledPush
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 
@@ -61,7 +62,8 @@ async def test_journey_continues_as_new_and_keeps_its_schedule(
         await time_env.client.get_workflow_handle(handle.id).fetch_history(),
     ]
     replayer = Replayer(
-        workflows=[PushJourney],
+        # scheduled-push.json is a firing of a schedule (tests/e2e/test_schedules.py).
+        workflows=[PushJourney, ScheduledPush],
         data_converter=pydantic_data_converter,
         # In the sandbox, which the worker skips for speed: a non-deterministic call on any
         # recorded path fails here.
@@ -86,7 +88,8 @@ async def test_recorded_histories_replay_on_the_current_code() -> None:
     files = sorted(HISTORIES.glob("*.json"))
     assert files, "no recorded histories: run with RELANCE_RECORD_HISTORIES=1 once"
     replayer = Replayer(
-        workflows=[PushJourney],
+        # scheduled-push.json is a firing of a schedule (tests/e2e/test_schedules.py).
+        workflows=[PushJourney, ScheduledPush],
         data_converter=pydantic_data_converter,
         # In the sandbox, which the worker skips for speed: a non-deterministic call on any
         # recorded path fails here.
