@@ -13,6 +13,7 @@ from activities.audience import AudienceActivities
 from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
+from relance import sealing
 from relance.db import make_engine
 from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
@@ -60,6 +61,8 @@ def build_worker(
     engine = make_engine(settings.database_url)
     # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
     ensure_current(engine)
+    # Refuse sealed secrets that the keys cannot open (SecretsLocked), rather than fail a send.
+    sealing.start(engine, settings.secret_keys.get_secret_value(), "worker")
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
     journey = JourneyActivities(
         engine,
@@ -121,6 +124,11 @@ async def main(settings: Settings | None = None) -> None:
     # Checked before connecting, so a ledger that is behind stops the worker at once instead of
     # after Temporal answers.
     ensure_current(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        sealing.start(engine, settings.secret_keys.get_secret_value(), "worker")
+    finally:
+        engine.dispose()
     runtime, metrics = serve_metrics(settings)
     try:
         client: Client = await connect_temporal(settings, runtime)

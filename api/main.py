@@ -25,6 +25,7 @@ from api.routes import (
     unsupported,
 )
 from api.signals import SignalCoalescer
+from relance import sealing
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
 from relance.migrate import ensure_current
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     engine = make_engine(settings.database_url)
     # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
     ensure_current(engine)
+    # Refuse sealed secrets that the keys cannot open (SecretsLocked), rather than fail later.
+    sealing.start(engine, settings.secret_keys.get_secret_value(), "api")
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
     context = Context(
         settings,
