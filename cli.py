@@ -241,12 +241,13 @@ def worker() -> None:
     """Run the Temporal worker (TEMPORAL_ADDRESS, RELANCE_DATABASE_URL)."""
     import worker as worker_module
     from relance.sealing import BadKeys, SecretsLocked
+    from relance.temporal_client import TemporalSettingsError
 
     _log()
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(worker_module.main())
-    except (LedgerNotCurrent, SecretsLocked, BadKeys) as exc:
+    except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("worker: not starting", exc) from None
 
 
@@ -257,11 +258,12 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     from api.main import create_app
     from relance.sealing import BadKeys, SecretsLocked
+    from relance.temporal_client import TemporalSettingsError
 
     _log()
     try:
         app = create_app()
-    except (LedgerNotCurrent, SecretsLocked, BadKeys) as exc:
+    except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("api: not starting", exc) from None
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -19,6 +19,7 @@ from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
+from relance.temporal_client import describe as describe_temporal
 from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
 
@@ -131,6 +132,7 @@ async def main(settings: Settings | None = None) -> None:
         engine.dispose()
     runtime, metrics = serve_metrics(settings)
     try:
+        log.info("connecting to Temporal at %s", describe_temporal(settings))
         client: Client = await connect_temporal(settings, runtime)
         log.info("worker on task queue %r at %s", settings.task_queue, settings.temporal_address)
         await build_worker(client, settings).run()
