@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     rate_limit_per_second: int = Field(500, ge=0)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
+
+    @field_validator(
+        "temporal_tls_cert",
+        "temporal_tls_key",
+        "temporal_tls_ca",
+        "temporal_tls_server_name",
+        "temporal_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # docker-compose passes `${TEMPORAL_TLS_CERT:-}` as an empty string: not set.
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 @lru_cache

@@ -151,3 +151,30 @@ def test_an_api_key_implies_tls_and_is_never_described() -> None:
     said = describe(settings)
     assert "TLS, API key" in said and "do-not-log" not in said
     assert tls_config(Settings()) is None  # one machine: plaintext, as before
+
+
+def test_the_compose_files_stay_valid_and_pass_the_settings_through() -> None:
+    """docker-compose.yml hands the TLS and API-key settings (blank when unset) to the relance
+    services, and the mTLS override is a valid Compose file; blanks mean unset, not TLS."""
+    from ruamel.yaml import YAML
+
+    from tests.test_deployment import ROOT, check
+
+    override = ROOT / "docker-compose.temporal-tls.yml"
+    result = check(override)
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = YAML(typ="safe").load(ROOT / "docker-compose.yml")
+    for name in ("api", "worker", "relance-migrate"):
+        env = compose["services"][name]["environment"]
+        for setting in (
+            "TEMPORAL_TLS_CERT",
+            "TEMPORAL_TLS_KEY",
+            "TEMPORAL_TLS_CA",
+            "TEMPORAL_API_KEY",
+        ):
+            assert env[setting] == "${" + setting + ":-}"
+        assert env["RELANCE_SECRET_KEYS"] == "${RELANCE_SECRET_KEYS:-}"
+    blank = Settings(
+        temporal_tls_cert="", temporal_tls_key="", temporal_tls_ca="", temporal_api_key=""
+    )
+    assert tls_config(blank) is None
