@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: dev test install demo clean
+.PHONY: dev test install demo clean fuzz
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 test: install
 	bash scripts/ensure-postgres.sh
 	$(BIN)/pytest -q -rs
+
+# The fuzz test of `make test`, longer: 100 cases per operation (README, "Fuzzing").
+fuzz: install
+	RELANCE_FUZZ_EXAMPLES=$${RELANCE_FUZZ_EXAMPLES:-100} $(BIN)/pytest -q -s tests/e2e/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .relance

@@ -467,14 +467,23 @@ def dev(
 
 
 def _stop(procs: list[subprocess.Popen[Any]]) -> None:
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    """Stop in waves, within 10 s: the API and the worker first (the worker hands back its
+    activities while Temporal still answers, so it logs no "connection refused"), then the
+    simulator, then Temporal. A part still running at its wave's end is killed."""
+    temporal, rest = procs[:1], procs[1:]
+    simulator = [p for p in rest if "simulator" in str(p.args)]
+    parts = [p for p in rest if p not in simulator]
+    for wave, timeout in ((parts, 6.0), (simulator, 1.5), (temporal, 2.0)):
+        for p in wave:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for p in wave:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @main.command()

@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import signal
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -89,11 +91,13 @@ def build_worker(
             audience.materialise_audience,
             journey.send_stage,
             journey.finish_journey,
+            journey.plan_zones,
             callbacks.deliver_callbacks,
         ],
         workflow_runner=(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
         ),
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
     )
     return RelanceWorker(worker, journey, callbacks)
 
@@ -135,7 +139,15 @@ async def main(settings: Settings | None = None) -> None:
         log.info("connecting to Temporal at %s", describe_temporal(settings))
         client: Client = await connect_temporal(settings, runtime)
         log.info("worker on task queue %r at %s", settings.task_queue, settings.temporal_address)
-        await build_worker(client, settings).run()
+        # SIGTERM (a deploy) and SIGINT (Ctrl-C) stop polling, let running activities finish
+        # within worker_graceful_shutdown_seconds, then cancel the rest for Temporal to retry.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with build_worker(client, settings):
+            await stop.wait()
+            log.info("stopping: finishing running activities")
     finally:
         if metrics is not None:
             metrics.close()

@@ -12,10 +12,12 @@ from activities.providers.registry import ProviderRegistry, Router
 from relance import ledger, metrics
 from relance.content import RenderedContent, message_payload, render_stage
 from relance.forwarding import wake_forwarder
-from relance.journey import FinishInput, Funnel, SendStageInput, SendStageResult
+from relance.journey import FinishInput, Funnel, PlanZonesInput, SendStageInput, SendStageResult
 from relance.ledger import outbox
+from relance.ledger import timing as timed
 from relance.models import PushRequest
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
+from relance.timing import minute_of
 
 
 async def _sleep_heartbeating(seconds: float) -> None:
@@ -112,6 +114,8 @@ class JourneyActivities:
         metrics.observe_stage_lateness(inp.stage, inp.scheduled_at, activity.info().attempt)
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
+        if inp.timed:
+            return await self._send_slot(inp, push.app_key, request)
         if inp.stage > 0:
             await asyncio.to_thread(
                 ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
@@ -147,6 +151,90 @@ class JourneyActivities:
             retry_in=retry_in if inp.one_pass else None,
             progress=progress,
             config_error=report.config_error,
+        )
+
+    @activity.defn
+    async def plan_zones(self, inp: PlanZonesInput) -> list[str]:
+        """Each recipient's time zone recorded; the push's distinct zones."""
+        return await asyncio.to_thread(timed.plan_zones, self.engine, inp.msg_id, inp.default_zone)
+
+    async def _send_slot(
+        self, inp: SendStageInput, app_key: str, request: PushRequest
+    ) -> SendStageResult:
+        """One release slot of a timed journey (its zones only), page after page: caps checked
+        and counted at each claim, at most `limit` sent (the push's throttle), each page's
+        sends taken from the app's per-minute tokens. Returns `more` when some are left for a
+        later call, with `retry_in` when a provider or the app's throttle asked to wait."""
+        assert inp.at is not None
+        if inp.stage > 0:
+            await asyncio.to_thread(
+                timed.select_slot_audience, self.engine, inp.msg_id, inp.stage, inp.zones
+            )
+        stage = _StageContent(request, inp.stage)
+        route = await self.registry.router(app_key)
+        claim = timed.Claim(zones=inp.zones, at=inp.at, held=inp.held, caps=inp.caps)
+        minute = minute_of(inp.at)
+        budget = inp.limit
+        cursor, queued, more = 0, 0, False
+        report = BatchReport()
+        while True:
+            want = self.batch_size if budget is None else min(self.batch_size, budget)
+            if want <= 0:
+                more = True
+                break
+            if inp.app_throttle_per_minute is not None:
+                granted = await asyncio.to_thread(
+                    timed.take_tokens,
+                    self.engine,
+                    app_key,
+                    minute,
+                    want,
+                    inp.app_throttle_per_minute,
+                )
+                if granted == 0:
+                    more = True
+                    report.retry_in = 60 - (inp.at - minute).total_seconds()
+                    break
+                want = granted
+            page = await asyncio.to_thread(
+                timed.claim_timed, self.engine, inp.msg_id, inp.stage, cursor, want, claim
+            )
+            if inp.app_throttle_per_minute is not None:
+                await asyncio.to_thread(
+                    timed.give_back, self.engine, app_key, minute, want - len(page.items)
+                )
+            if page.last_id is not None:
+                cursor = page.last_id
+            if page.items:
+                failed: list[int] = []
+                done, rows_queued = await self._send_page(inp, stage, route, page.items, failed)
+                queued += rows_queued
+                if failed and inp.caps:  # not delivered: not counted against the caps
+                    await asyncio.to_thread(timed.uncount, self.engine, failed)
+                report.config_error = report.config_error or done.config_error
+                if done.retry_in is not None:
+                    more = True
+                    report.retry_in = max(report.retry_in or 0, done.retry_in)
+            if budget is not None:
+                budget -= len(page.items)
+            activity.heartbeat()
+            if page.exhausted or page.last_id is None:
+                break
+        if queued or activity.info().attempt > 1:
+            await self._wake_callbacks(app_key)
+        counts, progress = await asyncio.to_thread(
+            ledger.stage_result, self.engine, inp.msg_id, inp.stage
+        )
+        return SendStageResult(
+            stage=inp.stage,
+            targeted=sum(counts.values()),
+            sent=counts.get(DeliveryStatus.sent, 0),
+            failed=counts.get(DeliveryStatus.failed, 0),
+            skipped=counts.get(DeliveryStatus.skipped, 0),
+            retry_in=report.retry_in,
+            progress=progress,
+            config_error=report.config_error,
+            more=more,
         )
 
     async def _send_pass(
@@ -198,8 +286,10 @@ class JourneyActivities:
         stage: "_StageContent",
         route: Router,
         items: list[ledger.Outbound],
+        failed_out: list[int] | None = None,
     ) -> tuple[BatchReport, int]:
-        """Hand one claimed page to its providers and record every outcome."""
+        """Hand one claimed page to its providers and record every outcome (the deliveries
+        that failed for good added to `failed_out`, when given)."""
         groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
         for item in items:
             provider = route(item.platform)
@@ -215,6 +305,8 @@ class JourneyActivities:
         queued = await asyncio.to_thread(
             ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows
         )
+        if failed_out is not None:
+            failed_out += [r.delivery_id for r in rows if not r.ok and r.retry_after is None]
         return report, queued
 
     async def _wake_callbacks(self, app_key: str) -> None:

@@ -20,6 +20,10 @@ from relance import ledger
 from relance.db import App
 from relance.settings import Settings
 
+# Ids and cursors are the ledger's 64-bit integers: a larger one is refused as invalid (400)
+# before it reaches the database driver, which cannot bind it.
+MAX_ID = 2**63 - 1
+
 
 class AuthCache:
     """Apps that authenticated lately, so a burst of requests does not read the ledger for each.
@@ -47,6 +51,11 @@ class AuthCache:
             self._apps.pop(key, None)
             return None
         return found[1]
+
+    def forget(self, app_key: str) -> None:
+        """The app changed (its policy): this process reads it again on its next request."""
+        for key in [k for k in self._apps if k[0] == app_key]:
+            self._apps.pop(key, None)
 
     def put(self, key: tuple[str, bytes], app: App) -> None:
         if self.ttl <= 0:

@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from relance.ledger import LedgerError, NotFound
 from relance.ledger._base import LimitExceeded
@@ -26,6 +28,7 @@ CODES = {
     404: 21404,
     405: 21001,
     409: 21409,
+    413: 21413,
     422: 21003,
     429: 23008,
     503: 21503,
@@ -134,6 +137,17 @@ def install(app: FastAPI) -> None:
             body["error"]["code"] = exc.code
         return JSONResponse(body, status_code=status)
 
+    @app.exception_handler(OperationalError)
+    async def _ledger_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # The ledger cannot write (disk full) or cannot be reached (PostgreSQL restarting): the
+        # request's transaction was rolled back, so nothing of it is half-done. Retry later.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "unavailable"
+        return JSONResponse(
+            error_body(503, f"ledger: unavailable ({reason}); retry the same request"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         details = [{"field": exc.field, "message": exc.message}] if exc.field else None
@@ -147,15 +161,30 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"path: no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method: {request.method} is not allowed on {request.url.path}"
+            # Starlette's Allow names the methods of the first route that matched the path;
+            # a path served by several routes (GET and DELETE /v4/push/{msg_id}) allows all.
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return JSONResponse(
-            error_body(exc.status_code, message),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            error_body(exc.status_code, message), status_code=exc.status_code, headers=headers
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives this request's path (HEAD with GET, as Starlette
+    serves it): what the path answers, as documented."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in item}
+    if "GET" in methods:
+        methods.add("HEAD")
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 
 
 class ErrorDetail(BaseModel):
@@ -196,15 +225,25 @@ ERROR_RESPONSES: dict[int, str] = {
     400: "Invalid parameter (code 21003); `details` names each field at fault.",
     401: "Missing or wrong HTTP Basic appKey:masterSecret (code 21004).",
     404: "No such resource for this app (code 21404), or not supported by relance (21501).",
+    409: "The resource's state does not allow it (code 21409), e.g. the journey already ended.",
+    413: "The body is larger than RELANCE_MAX_BODY_BYTES (code 21413).",
     429: "Over the app's request rate (code 23008); retry after X-Rate-Limit-Reset seconds.",
+    503: "Temporal or the ledger is not reachable for now (code 21503); retry the same request.",
 }
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's own error answers beyond those every route has (see `document_errors`), e.g.
+    `responses=errors.responses(409)`; described and shaped when the document is built."""
+    return {status: {"description": ERROR_RESPONSES[status]} for status in statuses}
 
 
 def document_errors(app: FastAPI) -> None:
     """The OpenAPI document lists relance's error answers, in EngageLab's shape, for every route,
-    in place of FastAPI's 422 (relance answers invalid input with 400): 400 and 404 everywhere,
-    401 and 429 on the routes that authenticate. Applied when the document is first built, so
-    routers included later are covered too."""
+    in place of FastAPI's 422 (relance answers invalid input with 400): 400, 404 and 503
+    everywhere, 413 where there is a body, 401 and 429 on the routes that authenticate, and
+    what a route declares itself (`responses(409)`). Applied when the document is first built,
+    so routers included later are covered too: schemathesis checks every answer against it."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -231,14 +270,15 @@ def document_errors(app: FastAPI) -> None:
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)
                 counted = bool(op.get("security"))  # authenticated: rate-limited too
-                for status in [400, 404, 401, 429] if counted else [400, 404]:
-                    responses.setdefault(
-                        str(status),
-                        {
-                            "description": ERROR_RESPONSES[status],
-                            "content": {"application/json": {"schema": ref}},
-                        },
-                    )
+                statuses = [400, 404, 503] + ([401, 429] if counted else [])
+                statuses += [413] if "requestBody" in op else []
+                for status in statuses:
+                    responses.setdefault(str(status), {"description": ERROR_RESPONSES[status]})
+                for status, response in responses.items():
+                    if status[0] in "45" and "content" not in response:
+                        if int(status) in ERROR_RESPONSES:
+                            response["description"] = ERROR_RESPONSES[int(status)]
+                        response["content"] = {"application/json": {"schema": ref}}
                 for status, response in responses.items():
                     if counted and status not in ("400", "401"):  # counted after auth
                         response.setdefault("headers", {}).update(rate_headers)

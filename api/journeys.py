@@ -1,9 +1,22 @@
-"""Starting a journey: one place for the workflow id, the conflict policy and search attributes."""
+"""Starting a journey: one place for the workflow id, the conflict policy and search attributes;
+and the repair of a push recorded whose journey never started (its API was killed in between)."""
 
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from relance.journey import JourneyInput, JourneyPlan, JourneyResult
+from relance import ledger
+from relance.db import utcnow
+from relance.journey import JourneyInput, JourneyPlan, JourneyResult, plan_for
+from relance.models import PushRequest
+from relance.settings import Settings
 from relance.states import JourneyState
 from workflows.push_journey import PushJourney, search_attributes
 
@@ -25,3 +38,56 @@ async def start_journey(
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=search_attributes(plan.msg_id, plan.app_key, JourneyState.sending),
     )
+
+
+log = logging.getLogger("relance.api")
+
+
+async def repair_journeys(
+    client: Client, engine: Engine, settings: Settings, confirmed: set[str]
+) -> int:
+    """Start the journey of every push recorded between `journey_repair_window_seconds` and
+    `journey_repair_after_seconds` ago whose journey has not ended, unless this process already
+    saw it started (`confirmed`). USE_EXISTING makes this a no-op for a journey that runs, and
+    REJECT_DUPLICATE for one that ended: only a push whose API died between recording it and
+    starting its journey gets one. Returns how many pushes were looked at."""
+    now = utcnow()
+    pushes = await run_in_threadpool(
+        ledger.unfinished_pushes,
+        engine,
+        now - timedelta(seconds=settings.journey_repair_window_seconds),
+        now - timedelta(seconds=settings.journey_repair_after_seconds),
+    )
+    checked = 0
+    for push in pushes:
+        if push.msg_id in confirmed:
+            continue
+        request = PushRequest.model_validate(push.request)
+        try:
+            await start_journey(
+                client, settings.task_queue, plan_for(push.msg_id, push.app_key, request)
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # it ran to its end
+        confirmed.add(push.msg_id)
+        checked += 1
+    if len(confirmed) > 100_000:  # older than the window by now: looked at no more
+        confirmed.clear()
+    return checked
+
+
+async def repair_journeys_forever(
+    get_client: Callable[[], Client | None], engine: Engine, settings: Settings
+) -> None:
+    """The API's repair loop (see repair_journeys): every `journey_repair_interval_seconds`,
+    while Temporal is reachable."""
+    confirmed: set[str] = set()
+    while True:
+        await asyncio.sleep(settings.journey_repair_interval_seconds)
+        client = get_client()
+        if client is None:
+            continue
+        try:
+            await repair_journeys(client, engine, settings, confirmed)
+        except Exception as exc:  # noqa: BLE001 — Temporal or the ledger is down: next round
+            log.warning("journey repair skipped a round: %s", exc)

@@ -11,12 +11,15 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import AuthCache, Context
+from api.journeys import repair_journeys_forever
+from api.limits import RequestLimits
 from api.ratelimit import RateLimiter, RateLimitHeaders
 from api.routes import (
     batch,
     callbacks,
     devices,
     events,
+    policy,
     providers,
     push,
     relay,
@@ -78,7 +81,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         context.coalescer.client = context.client
-        tasks = [asyncio.create_task(_connect()), asyncio.create_task(context.coalescer.run())]
+        tasks = [
+            asyncio.create_task(_connect()),
+            asyncio.create_task(context.coalescer.run()),
+            asyncio.create_task(repair_journeys_forever(lambda: context.client, engine, settings)),
+        ]
         yield
         for task in tasks:
             task.cancel()
@@ -98,6 +105,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     errors.install(app)
     errors.document_errors(app)
     app.add_middleware(RateLimitHeaders)
+    # Outermost: a body too large or carrying NUL characters is refused before anything reads it.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     app.include_router(push.router)
     app.include_router(batch.router)
     app.include_router(events.router)
@@ -108,6 +117,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(relay.router)
     app.include_router(status.router)
     app.include_router(unsupported.router)
+    app.include_router(policy.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

@@ -21,6 +21,9 @@ MESSAGE_STATUS = {
     "displayed": "display",
     "clicked": "click",
     "failed": "sent_failed",
+    # relance's own: a stage not sent to this recipient; `status_data.reason` says why
+    # (frequency_capped, stopped, invalid_token).
+    "skipped": "skipped",
 }
 
 
@@ -30,6 +33,9 @@ def callback_row(
     """One row of EngageLab's callback body for one status event, plus relance's own fields."""
     at: datetime = event["at"]
     error = event.get("error")
+    data = {"stage": event["stage"], "status": event["status"]}
+    if event["status"] == "skipped":
+        data["reason"], error = error, None
     return {
         "message_id": event["msg_id"],
         "from": push_request.get("from", "push"),
@@ -40,7 +46,7 @@ def callback_row(
         "itime": int(at.timestamp()),
         "status": {
             "message_status": MESSAGE_STATUS[event["status"]],
-            "status_data": {"stage": event["stage"], "status": event["status"]},
+            "status_data": data,
             "error_code": 0 if not error else 1,
             "error_detail": {"message": error} if error else {},
         },

@@ -30,6 +30,11 @@ class App(SQLModel, table=True):
     # Signs every callback (the receiver holds the same secret): encrypted at rest
     # (relance/sealing.py), clear in memory.
     callback_secret: str | None = Field(default=None, sa_column=Column(SealedText, nullable=True))
+    # When and how often (relance.timing.AppPolicy): defaults for every push of the app.
+    timezone: str | None = Field(default=None, max_length=64)
+    quiet_hours: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    frequency_caps: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    throttle_per_minute: int | None = None
 
 
 class ProviderConfig(SQLModel, table=True):
@@ -70,6 +75,10 @@ class Device(SQLModel, table=True):
     # When the device last reported a status of its own (delivered, displayed, clicked), to
     # the minute: what `POST /v4/devices/status` calls its last online time.
     last_seen_at: datetime | None = None
+    timezone: str | None = Field(default=None, max_length=64)  # IANA; None: the app's
+    # Opted out by an `unsubscribed` event: no later stage or push reaches it until the device
+    # registers again.
+    unsubscribed_at: datetime | None = None
 
 
 class DeviceTag(SQLModel, table=True):
@@ -137,6 +146,17 @@ class Recipient(SQLModel, table=True):
     failed_at: datetime | None = None
     error: str | None = Field(default=None, max_length=500)
     stopped: bool = False
+    # The device's time zone when a timed journey planned its slots (None: not planned).
+    timezone: str | None = Field(default=None, max_length=64)
+    # The first conversion attributed to this push (a repeated one counts once): when, its
+    # value and currency, and the stage it is attributed to.
+    converted_at: datetime | None = None
+    conversion_value: float | None = None
+    conversion_currency: str | None = Field(default=None, max_length=8)
+    converted_stage: int | None = None
+    # The device unsubscribed while this push was running (and at which stage).
+    unsubscribed_at: datetime | None = None
+    unsubscribed_stage: int | None = None
 
 
 class Delivery(SQLModel, table=True):
@@ -160,6 +180,32 @@ class Delivery(SQLModel, table=True):
     clicked_at: datetime | None = None
     failed_at: datetime | None = None
     error: str | None = Field(default=None, max_length=500)
+    # Held by quiet hours, local_time or send_at: released (or to be released) at this time.
+    held_until: datetime | None = None
+    # Why it was skipped: stopped (clicked, failed), invalid_token, frequency_capped.
+    skip_reason: str | None = Field(default=None, max_length=32)
+    # The A/B variant this recipient was assigned at this stage (None: the stage has none).
+    variant: str | None = Field(default=None, max_length=32)
+
+
+class DeviceSend(SQLModel, table=True):
+    """One send counted against an app's frequency caps: every push, every stage. Written in
+    the same transaction that checks the caps and claims the delivery."""
+
+    __table_args__ = (Index("ix_devicesend_window", "app_key", "registration_id", "at"),)
+
+    delivery_id: int = Field(primary_key=True)  # one count per delivery, however many tries
+    app_key: str = Field(max_length=64)
+    registration_id: str = Field(max_length=2048)
+    at: datetime
+
+
+class ThrottleMinute(SQLModel, table=True):
+    """Sends an app has taken in one minute, across its pushes and workers."""
+
+    app_key: str = Field(primary_key=True, max_length=64)
+    minute: datetime = Field(primary_key=True)
+    used: int = 0
 
 
 class StatusEvent(SQLModel, table=True):

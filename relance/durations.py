@@ -17,6 +17,13 @@ def parse_duration(value: object) -> timedelta:
         return value
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"expected {EXPECTED}")
+    try:
+        return _parse(value)
+    except OverflowError:  # "99999999999d": past timedelta's range, and any journey's
+        raise ValueError(f"expected {EXPECTED}, at most {timedelta.max.days} days") from None
+
+
+def _parse(value: str | int | float) -> timedelta:
     if isinstance(value, (int, float)):
         return timedelta(seconds=value)
     text = value.strip()

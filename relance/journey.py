@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from relance.models import PushRequest, TriggerCondition
 from relance.states import JourneyState
+from relance.timing import FrequencyCap, Slot, Timing
 
 
 class Progress(BaseModel):
@@ -35,6 +36,9 @@ class JourneyPlan(BaseModel):
     local_send: bool = False
     # A tag, alias or "all" push: its first activity writes the audience into the ledger.
     materialise: bool = False
+    # Quiet hours, local time, send_at, caps or throttles (relance.timing); None: none apply,
+    # and the journey takes its fast path.
+    timing: Timing | None = None
 
 
 class StageCounts(BaseModel):
@@ -60,6 +64,8 @@ class JourneyCarry(BaseModel):
     progress: Progress
     stages: list[StageSummary]
     cancelled: bool = False
+    # A timed journey: the release slots still to send.
+    slots: list[Slot] | None = None
 
 
 class JourneyInput(BaseModel):
@@ -74,6 +80,8 @@ class JourneyStatus(BaseModel):
     next_stage_at: datetime | None = None
     progress: Progress
     stages: list[StageSummary]
+    # Held recipients (quiet hours, local_time, send_at): when the next of them is released.
+    next_release_at: datetime | None = None
 
 
 class MaterialiseInput(BaseModel):
@@ -93,6 +101,20 @@ class SendStageInput(BaseModel):
     # A local activity's attempt: one pass, no waiting out a provider's Retry-After (what is
     # still pending is left to a regular activity, which may wait as long as it takes).
     one_pass: bool = False
+    # A timed journey's slot: its recipients' zones (None: all), workflow time, whether it was
+    # held, at most how many to send now (throttle), caps, the app's throttle.
+    timed: bool = False
+    zones: list[str] | None = None
+    at: datetime | None = None
+    held: bool = False
+    limit: int | None = None
+    caps: list[FrequencyCap] = Field(default_factory=list)
+    app_throttle_per_minute: int | None = None
+
+
+class PlanZonesInput(BaseModel):
+    msg_id: str
+    default_zone: str
 
 
 class SendStageResult(StageCounts):
@@ -104,6 +126,8 @@ class SendStageResult(StageCounts):
     progress: Progress
     # A provider's configuration is wrong (credentials, topic...): what a human must fix.
     config_error: str | None = None
+    # A timed slot: some of its recipients are left for a later call (throttled).
+    more: bool = False
 
 
 class FinishInput(BaseModel):
@@ -114,6 +138,8 @@ class FinishInput(BaseModel):
 
 class StageFunnel(StageCounts):
     stage: int
+    deferred: int = Field(0, description="Held by quiet hours, local_time or send_at.")
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict)
     delivered: int = 0
     displayed: int = 0
     clicked: int = 0
@@ -147,7 +173,9 @@ class JourneyResult(BaseModel):
 LOCAL_SEND_MAX = 50
 
 
-def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
+def plan_for(
+    msg_id: str, app_key: str, request: PushRequest, timing: Timing | None = None
+) -> JourneyPlan:
     """The journey plan of an accepted push request (timing from relance.schedule)."""
     from relance.schedule import stage_offsets
 
@@ -161,6 +189,7 @@ def plan_for(msg_id: str, app_key: str, request: PushRequest) -> JourneyPlan:
         stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
         local_send=ids is not None and len(ids) <= LOCAL_SEND_MAX,
         materialise=ids is None,
+        timing=timing,
     )
 
 

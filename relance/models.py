@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,6 +18,7 @@ from pydantic import (
 
 from relance.durations import format_duration, parse_duration
 from relance.templates import check_template
+from relance.timing import LocalTime, PolicyOverrides, QuietHours, TimeZoneName
 
 Duration = Annotated[
     timedelta,
@@ -122,7 +124,8 @@ class PlatformNotification(BaseModel):
 
 
 class Notification(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Published with the alert requirement of `_has_alert`.
+    model_config = ConfigDict(extra="allow", json_schema_extra=lambda s: _notification_schema(s))
 
     alert: str | None = Field(
         None, max_length=4000, description="Default alert for every platform."
@@ -153,7 +156,10 @@ class Message(BaseModel):
 
     title: str | None = Field(None, max_length=200)
     msg_content: str | dict[str, Any] = Field(
-        description="The message's content: text, or a JSON object (sent as JSON text)."
+        description="The message's content: text, or a JSON object (sent as JSON text).",
+        json_schema_extra={
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "object", "minProperties": 1}]
+        },
     )
     content_type: str | None = Field(None, max_length=64)
     extras: dict[str, Any] | None = None
@@ -170,6 +176,29 @@ class PushOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     time_to_live: int | None = Field(None, ge=0, le=15 * 24 * 3600, description="Seconds.")
+    # When and how often (relance.timing): overrides of the app's policy for this push.
+    quiet_hours: QuietHours | Literal[False] | None = Field(
+        None, description="This push's quiet hours, or false to ignore the app's (urgent)."
+    )
+    frequency_cap: Literal[False] | None = Field(
+        None, description="false: transactional, neither capped nor counted."
+    )
+    throttle_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    send_at: AwareDatetime | None = Field(
+        None, description="An ISO instant with its offset; not in the past."
+    )
+    local_time: LocalTime | None = Field(
+        None, description="Each recipient at the next HH:MM of their own time zone."
+    )
+
+    def overrides(self) -> PolicyOverrides:
+        return PolicyOverrides(
+            quiet_hours=self.quiet_hours,
+            frequency_cap=self.frequency_cap,
+            throttle_per_minute=self.throttle_per_minute,
+            send_at=self.send_at,
+            local_time=self.local_time,
+        )
 
 
 Platform = Literal["android", "ios", "web"]
@@ -180,7 +209,8 @@ NOT_SUPPORTED = "not supported by relance"
 
 
 class PushBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Published with `_has_content`'s rule: a notification, a message, or both.
+    model_config = ConfigDict(extra="allow", json_schema_extra=lambda s: _body_schema(s))
 
     platform: Literal["all"] | BodyPlatform | list[BodyPlatform] = "all"
     notification: Notification | None = None
@@ -210,7 +240,9 @@ class Audience(BaseModel):
     (all of them) and `tag_not` (none of them) combine as an intersection; `registration_id`
     and `alias` stand alone."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The published schema says what `_kinds` accepts, so a client generated from it is right:
+    # one standalone kind, or one or more tag kinds, each with at least one value.
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: _audience_schema(s))
 
     registration_id: list[Annotated[str, Field(min_length=1, max_length=2048)]] | None = Field(
         None, max_length=1000
@@ -254,6 +286,48 @@ class Audience(BaseModel):
             others = ", ".join(k for k in kinds if k != alone[0])
             raise ValueError(f"{alone[0]}: cannot be combined with {others}")
         return self
+
+
+def non_null_schema(schema: dict[str, Any]) -> None:
+    """Publish a field's non-null form only: null is accepted (as absent), never needed."""
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf")
+        if branches and {"type": "null"} in branches:
+            rest = [b for b in branches if b != {"type": "null"}]
+            extra = {k: v for k, v in prop.items() if k != "anyOf"}
+            schema["properties"][name] = {
+                **(rest[0] if len(rest) == 1 else {"anyOf": rest}),
+                **extra,
+            }
+
+
+def _audience_schema(schema: dict[str, Any]) -> None:
+    non_null_schema(schema)
+    for prop in schema["properties"].values():
+        prop["minItems"] = 1
+    alone = [{"required": [k], "maxProperties": 1} for k in ("registration_id", "alias")]
+    tags = {"not": {"anyOf": [{"required": ["registration_id"]}, {"required": ["alias"]}]}}
+    schema["minProperties"] = 1
+    schema["oneOf"] = [*alone, tags]
+
+
+def _alert(schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"required": ["alert"], "properties": {"alert": {"type": "string", "minLength": 1}}}
+
+
+def _notification_schema(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [
+        _alert(),
+        *({"required": [p], "properties": {p: _alert()}} for p in ("android", "ios", "web")),
+    ]
+
+
+def _body_schema(schema: dict[str, Any]) -> None:
+    non_null_schema(schema)
+    schema["anyOf"] = [{"required": ["notification"]}, {"required": ["message"]}]
+    for branch in schema["properties"]["platform"].get("anyOf", []):
+        if branch.get("type") == "array":
+            branch["minItems"] = 1
 
 
 class PushRequest(BaseModel):
@@ -383,6 +457,9 @@ class DeviceIn(BaseModel):
     tags: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=100)
     alias: str | None = Field(None, max_length=128)
     attributes: dict[str, Any] = Field(default_factory=dict)
+    timezone: TimeZoneName | None = Field(
+        None, description="IANA name; without one, the app's default time zone applies."
+    )
 
 
 class DeviceBatch(BaseModel):

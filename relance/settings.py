@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     # EngageLab's per-app request rate: requests per second each app may make to the
     # authenticated routes of one API process (429 with code 23008 beyond it). 0: no limit.
     rate_limit_per_second: int = Field(500, ge=0)
+    # A push recorded whose journey never started (its API was killed between the two steps)
+    # gets its journey from the API's repair loop: every `interval` seconds it looks at the
+    # unfinished pushes recorded between `window` and `after` seconds ago (api/journeys.py).
+    journey_repair_interval_seconds: float = Field(10.0, gt=0)
+    journey_repair_after_seconds: float = Field(30.0, ge=0)
+    journey_repair_window_seconds: float = Field(86400.0, gt=0)
+    # On SIGTERM/SIGINT the worker stops polling and gives running activities this long to
+    # finish; then they are cancelled and Temporal retries them on another worker at once
+    # (no heartbeat timeout to wait for). Below a deploy's kill grace period (Docker: 10 s).
+    worker_graceful_shutdown_seconds: float = Field(5.0, ge=0)
+    # The largest request body the API reads; larger ones are refused with 413 (code 21413).
+    # 4 MiB holds the largest legitimate bodies: 5,000 devices (POST /v4/devices) or 5,000
+    # events (POST /v4/events) with FCM-length (~160-character) registration ids, tags and a
+    # few attributes, measured at about 2 MB in tests/api/test_limits.py.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
 

@@ -26,6 +26,9 @@ class DeliveryStatus(StrEnum):
     sent = "sent"
     failed = "failed"
     skipped = "skipped"  # stopped matching, or its device became invalid, before the send
+    # In a resend stage's random holdout: never sent, yet observed (its clicks and conversions
+    # count, as the control group of that stage's lift).
+    held_out = "held_out"
 
 
 # Still to send (or to confirm, for `sending` after a crash).

@@ -94,41 +94,67 @@ def _make_dir(base_dir: Path) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def running_postgres(base_dir: Path) -> Iterator[str]:
-    """Start a throwaway cluster under ``base_dir``; yield its SQLAlchemy (psycopg 3) URL."""
-    if reason := postgres_available():
-        raise RuntimeError(reason)
-    bin_dir, owner = _bin_dir(), _as_owner()
-    assert bin_dir is not None
-    root = _make_dir(Path(base_dir))
-    data, log = root / "data", root / "postgres.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+class Cluster:
+    """A throwaway cluster that a fault test can stop (as a crash does: ``-m immediate``) and
+    start again on the same port and data directory."""
 
-    def run(tool: str, *args: str) -> None:
-        cmd = [*owner, str(bin_dir / tool), *args]
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    def __init__(self, root: Path, bin_dir: Path) -> None:
+        self.root, self.bin_dir = root, bin_dir
+        self.data, self.log = root / "data", root / "postgres.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        self.port = 0
+        self.running = False
+
+    def run(self, tool: str, *args: str) -> None:
+        cmd = [*_as_owner(), str(self.bin_dir / tool), *args]
+        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True)
         if proc.returncode:
+            log = self.log
             server_log = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise RuntimeError(f"{tool} failed:\n{proc.stdout}{proc.stderr}{server_log}")
 
-    started = False
+    def start(self) -> None:
+        self.run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log))
+        self.running = True
+
+    def stop(self, mode: str = "immediate") -> None:
+        self.run("pg_ctl", "stop", "-m", mode, "-w", "-D", str(self.data))
+        self.running = False
+
+
+@contextlib.contextmanager
+def postgres_cluster(base_dir: Path) -> Iterator[tuple[str, Cluster]]:
+    """Start a throwaway cluster under ``base_dir``; yield its SQLAlchemy (psycopg 3) URL and
+    the cluster (to stop and start it again)."""
+    if reason := postgres_available():
+        raise RuntimeError(reason)
+    bin_dir = _bin_dir()
+    assert bin_dir is not None
+    cluster = Cluster(_make_dir(Path(base_dir)), bin_dir)
     try:
-        run("initdb", "-D", str(data), "-U", SUPERUSER, *_INITDB_FLAGS)
-        port = _free_port()
-        with (data / "postgresql.conf").open("a") as conf:
-            conf.write(_SETTINGS.format(port=port, sockets=str(root).replace("'", "''")))
-        run("pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(log))
-        started = True
+        cluster.run("initdb", "-D", str(cluster.data), "-U", SUPERUSER, *_INITDB_FLAGS)
+        cluster.port = _free_port()
+        with (cluster.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                _SETTINGS.format(port=cluster.port, sockets=str(cluster.root).replace("'", "''"))
+            )
+        cluster.start()
         import psycopg  # the project's driver; imported here so importing this module is cheap
 
         with psycopg.connect(
-            host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
+            host="127.0.0.1", port=cluster.port, user=SUPERUSER, dbname="postgres", autocommit=True
         ) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
-        yield f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}"
+        yield f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{cluster.port}/{DATABASE}", cluster
     finally:
-        if started:
+        if cluster.running:
             with contextlib.suppress(Exception):
-                run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", str(data))
-        shutil.rmtree(root, ignore_errors=True)
+                cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_postgres(base_dir: Path) -> Iterator[str]:
+    """Start a throwaway cluster under ``base_dir``; yield its SQLAlchemy (psycopg 3) URL."""
+    with postgres_cluster(base_dir) as (url, _):
+        yield url

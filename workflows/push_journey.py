@@ -20,15 +20,18 @@ with workflow.unsafe.imports_passed_through():
         FinishInput,
         JourneyCarry,
         JourneyInput,
+        JourneyPlan,
         JourneyResult,
         JourneyStatus,
         MaterialiseInput,
+        PlanZonesInput,
         Progress,
         SendStageInput,
         SendStageResult,
         StageSummary,
     )
     from relance.states import JourneyState
+    from relance.timing import Slot, timeline
 
 MSG_ID = SearchAttributeKey.for_keyword("RelanceMsgId")
 APP = SearchAttributeKey.for_keyword("RelanceApp")
@@ -77,6 +80,7 @@ class PushJourney:
         self._next_stage: int | None = 0
         self._next_stage_at: datetime | None = None
         self._signals_per_run = 5_000
+        self._slots: list[Slot] = []  # a timed journey's release slots still to send
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -99,6 +103,7 @@ class PushJourney:
             next_stage_at=self._next_stage_at,
             progress=self._progress,
             stages=self._stages,
+            next_release_at=next((s.at for s in self._slots if s.held), None),
         )
 
     @workflow.run
@@ -109,6 +114,8 @@ class PushJourney:
         self._progress, self._stages = carry.progress, list(carry.stages)
         self._cancelled = self._cancelled or carry.cancelled
         self._next_stage, sent_at = carry.next_stage, carry.sent_at
+        if plan.timing is not None and workflow.patched("when-and-how-often"):
+            return await self._run_timed(plan, carry)
 
         if self._next_stage == 0 and not self._cancelled:
             self._set_state(JourneyState.sending)
@@ -145,6 +152,9 @@ class PushJourney:
             self._set_state(JourneyState.resending)
             await self._send(stage, self._next_stage_at, plan.local_send)
             self._next_stage = stage + 1
+        return await self._finish(plan)
+
+    async def _finish(self, plan: JourneyPlan) -> JourneyResult:
         self._next_stage, self._next_stage_at = None, None
         final = (
             JourneyState.failed
@@ -161,6 +171,125 @@ class PushJourney:
         )
         self._set_state(final)
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
+
+    async def _run_timed(self, plan: JourneyPlan, carry: JourneyCarry) -> JourneyResult:
+        """A journey with quiet hours, local time, send_at, caps or throttles: every stage is
+        sent in release slots (a group of time zones released at one instant), each slot a
+        durable timer, in time order and stage order, so a held recipient gets stage N+1 only
+        after stage N. Recipients' zones come from the ledger; the slots from relance.timing."""
+        timing = plan.timing
+        assert timing is not None
+        if carry.slots is None:
+            start = workflow.now()
+            if plan.materialise:
+                await workflow.execute_activity_method(
+                    AudienceActivities.materialise_audience,
+                    MaterialiseInput(msg_id=plan.msg_id),
+                    start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=30),
+                    retry_policy=SEND_RETRY,
+                )
+            zones = None
+            if timing.by_zone:
+                zones = await workflow.execute_activity_method(
+                    JourneyActivities.plan_zones,
+                    PlanZonesInput(msg_id=plan.msg_id, default_zone=timing.zone),
+                    start_to_close_timeout=timedelta(minutes=30),
+                    retry_policy=SEND_RETRY,
+                )
+            offsets = [timedelta(seconds=o) for o in plan.stage_offsets_seconds]
+            self._slots = timeline(timing, zones, start, offsets)
+        else:
+            self._slots = list(carry.slots)
+        while self._slots and not self._cancelled and not self._error:
+            slot = self._slots[0]
+            self._next_stage, self._next_stage_at = slot.stage, slot.at
+            if slot.at > workflow.now():
+                self._set_state(JourneyState.waiting)
+                waited = await self._wait_until(slot.at)
+                if waited is Wait.continue_as_new:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    carry = JourneyCarry(
+                        next_stage=slot.stage,
+                        progress=self._progress,
+                        stages=self._stages,
+                        cancelled=self._cancelled,
+                        slots=self._slots,
+                    )
+                    workflow.continue_as_new(JourneyInput(plan=plan, carry=carry))
+                if waited is Wait.stop:
+                    break
+            elif self._all_stopped():
+                break
+            self._set_state(JourneyState.sending if slot.stage == 0 else JourneyState.resending)
+            await self._send_slot(plan, slot)
+            self._slots.pop(0)
+        self._slots = []
+        return await self._finish(plan)
+
+    async def _send_slot(self, plan: JourneyPlan, slot: Slot) -> None:
+        """Send one slot, throttled: at most `throttle_per_minute` a minute, a durable sleep
+        between slices (and whatever a provider or the app's throttle asks to wait)."""
+        timing = plan.timing
+        assert timing is not None
+        while True:
+            began = workflow.now()
+            inp = SendStageInput(
+                msg_id=plan.msg_id,
+                stage=slot.stage,
+                scheduled_at=slot.at,
+                timed=True,
+                zones=slot.zones,
+                at=began,
+                held=slot.held,
+                limit=timing.throttle_per_minute,
+                caps=timing.caps,
+                app_throttle_per_minute=timing.app_throttle_per_minute,
+            )
+            result = await workflow.execute_activity_method(
+                JourneyActivities.send_stage,
+                inp,
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=SEND_RETRY,
+            )
+            self._take(result.progress)
+            if result.config_error and result.sent == 0:
+                self._error = result.config_error
+            self._record(slot.stage, slot.at, began, result)
+            if not result.more or self._cancelled or self._error:
+                return
+            wait = result.retry_in or 0.0
+            if timing.throttle_per_minute is not None:
+                wait = max(wait, 60 - (workflow.now() - began).total_seconds())
+            await workflow.sleep(timedelta(seconds=max(wait, 1.0)))
+
+    def _record(
+        self, stage: int, scheduled_at: datetime, began: datetime, r: SendStageResult
+    ) -> None:
+        """The stage's summary, its counts the ledger's (absolute) after this slot."""
+        for i, summary in enumerate(self._stages):
+            if summary.stage == stage:
+                self._stages[i] = summary.model_copy(
+                    update={
+                        "targeted": r.targeted,
+                        "sent": r.sent,
+                        "failed": r.failed,
+                        "skipped": r.skipped,
+                    }
+                )
+                return
+        self._stages.append(
+            StageSummary(
+                stage=stage,
+                scheduled_at=scheduled_at,
+                sent_at=began,
+                targeted=r.targeted,
+                sent=r.sent,
+                failed=r.failed,
+                skipped=r.skipped,
+            )
+        )
 
     async def _send(self, stage: int, scheduled_at: datetime, local: bool) -> None:
         started = workflow.now()

@@ -14,6 +14,7 @@ from api.deps import AppDep, ContextDep
 from api.errors import CODES, ApiError, located
 from api.routes.push import accept_and_start
 from relance import ledger
+from relance.db import App
 from relance.models import PushRequest
 
 router = APIRouter(tags=["push"])
@@ -124,7 +125,7 @@ def _failed(target: str, code: int, message: str) -> BatchResult:
 
 
 async def _one(
-    ctx: ContextDep, app_key: str, kind: str, item: dict[str, Any], known: set[str] | None
+    ctx: ContextDep, app: App, kind: str, item: dict[str, Any], known: set[str] | None
 ) -> BatchResult:
     target = item["target"]
     try:
@@ -139,7 +140,7 @@ async def _one(
     if known is not None and target not in known:
         return _failed(target, NO_TARGET, "No suitable push target found: no such registration id")
     try:
-        accepted = await accept_and_start(ctx, app_key, request)
+        accepted = await accept_and_start(ctx, app, request)
     except ledger.LedgerError as exc:
         if exc.field == "to":
             return _failed(target, NO_TARGET, f"No suitable push target found: {exc.message}")
@@ -150,19 +151,21 @@ async def _one(
 
 
 async def _batch(
-    ctx: ContextDep, app_key: str, kind: Literal["registration_id", "alias"], body: BatchPushIn
+    ctx: ContextDep, app: App, kind: Literal["registration_id", "alias"], body: BatchPushIn
 ) -> BatchPushOut:
     known: set[str] | None = None
     if kind == "registration_id":
         # Unlike POST /v4/push, a batch does not register unknown ids: an unknown one is an
         # error under its target, as EngageLab answers.
         targets = [item["target"] for item in body.requests]
-        known = await run_in_threadpool(ledger.valid_registration_ids, ctx.engine, app_key, targets)
+        known = await run_in_threadpool(
+            ledger.valid_registration_ids, ctx.engine, app.app_key, targets
+        )
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def one(item: dict[str, Any]) -> BatchResult:
         async with slots:
-            return await _one(ctx, app_key, kind, item, known)
+            return await _one(ctx, app, kind, item, known)
 
     results = await asyncio.gather(*(one(item) for item in body.requests))
     return BatchPushOut(results={r.target: r for r in results})
@@ -173,7 +176,7 @@ async def batch_push_regid(body: BatchPushIn, app: AppDep, ctx: ContextDep) -> B
     """Up to 500 pushes, each to one registered device (`target` is its registration id),
     each with its own content, msg_id and journey. Per-target errors: 21011 the registration
     id is unknown or its token invalid, 21003 the request is invalid."""
-    return await _batch(ctx, app.app_key, "registration_id", body)
+    return await _batch(ctx, app, "registration_id", body)
 
 
 @router.post("/v4/batch/push/alias", response_model=BatchPushOut, response_model_exclude_none=True)
@@ -181,4 +184,4 @@ async def batch_push_alias(body: BatchPushIn, app: AppDep, ctx: ContextDep) -> B
     """Up to 500 pushes, each to the device of one alias (`target`), each with its own content,
     msg_id and journey. Per-target errors: 21011 no valid device has the alias, 21003 the
     request is invalid."""
-    return await _batch(ctx, app.app_key, "alias", body)
+    return await _batch(ctx, app, "alias", body)

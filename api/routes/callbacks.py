@@ -2,13 +2,13 @@
 list of batches that failed every try."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AppDep, Context, ContextDep
+from api.deps import MAX_ID, AppDep, Context, ContextDep
 from api.errors import ApiError
 from relance import ledger
 from relance.callbacks import MAX_CALLBACK_URLS, UnsafeCallbackUrl, check_callback_url
@@ -139,7 +139,7 @@ async def put_callback_settings(
 async def list_dead(
     app: AppDep,
     ctx: ContextDep,
-    cursor: int = Query(0, ge=0),
+    cursor: int = Query(0, ge=0, le=MAX_ID),
     limit: int = Query(50, ge=1, le=500),
 ) -> DeadPage:
     """Callback batches that failed every try, oldest first."""
@@ -159,7 +159,9 @@ async def list_dead(
 
 
 @router.post("/v4/callbacks/dead/{batch_id}/redeliver", response_model=Requeued)
-async def redeliver(batch_id: int, app: AppDep, ctx: ContextDep) -> Requeued:
+async def redeliver(
+    batch_id: Annotated[int, Path(ge=1, le=MAX_ID)], app: AppDep, ctx: ContextDep
+) -> Requeued:
     """Send a dead-lettered batch again, from the first try of the schedule."""
     found = await run_in_threadpool(
         outbox.requeue_dead, ctx.engine, app.app_key, batch_id, utcnow()

@@ -12,17 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.deps import AppDep, Context, ContextDep
 from api.errors import ApiError
 from relance import ledger
-from relance.models import DeviceBatch, Platform
+from relance.models import DeviceBatch, Platform, non_null_schema
 
 router = APIRouter(tags=["devices"])
 
-# What EngageLab's mutations answer: 200 with an empty body.
-EMPTY_200: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Done; the body is empty",
-        "content": {"application/json": {"schema": {"type": "string", "examples": [""]}}},
-    }
-}
+# What EngageLab's mutations answer: 200 with an empty body, documented without content (a
+# client must not expect JSON); the routes use `response_class=Response` so FastAPI adds none.
+EMPTY_200: dict[int | str, dict[str, Any]] = {200: {"description": "Done; the body is empty"}}
 
 
 class DevicesStored(BaseModel):
@@ -33,8 +29,11 @@ class DevicesStored(BaseModel):
 
 @router.post("/v4/devices", response_model=DevicesStored)
 async def register_devices(batch: DeviceBatch, app: AppDep, ctx: ContextDep) -> DevicesStored:
-    """Register or update devices (platform, tags, alias, template attributes)."""
-    stored = await run_in_threadpool(ledger.upsert_devices, ctx.engine, app.app_key, batch.devices)
+    """Register or update devices (platform, tags, alias, template attributes), held to the same
+    tag and alias limits as EngageLab's tag and device routes."""
+    stored = await run_in_threadpool(
+        ledger.upsert_devices, ctx.engine, app.app_key, batch.devices, limits(ctx)
+    )
     return DevicesStored(stored=stored)
 
 
@@ -168,16 +167,18 @@ class TagChanges(BaseModel):
     remove: list[TagName] | None = Field(None, max_length=100)
 
 
+def _changes_schema(schema: dict[str, Any]) -> None:
+    """Published as `set_device` checks it: tags or alias, or both (null stands for absent)."""
+    non_null_schema(schema)
+    schema["minProperties"] = 1
+    schema["examples"] = [
+        {"tags": {"add": ["vip"], "remove": ["trial"]}, "alias": "user_1"},
+        {"tags": "", "alias": ""},
+    ]
+
+
 class DeviceChanges(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"tags": {"add": ["vip"], "remove": ["trial"]}, "alias": "user_1"},
-                {"tags": "", "alias": ""},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: _changes_schema(s))
 
     # {"add": [...], "remove": [...]}, or "" to clear every tag.
     tags: TagChanges | Literal[""] | None = None
@@ -192,7 +193,7 @@ class DeviceChanges(BaseModel):
         return value
 
 
-@router.post("/v4/devices/{registration_id}", responses=EMPTY_200)
+@router.post("/v4/devices/{registration_id}", responses=EMPTY_200, response_class=Response)
 async def set_device(
     registration_id: RegistrationId, body: DeviceChanges, app: AppDep, ctx: ContextDep
 ) -> Response:
@@ -217,7 +218,7 @@ async def set_device(
     return Response(status_code=200)
 
 
-@router.delete("/v4/devices/{registration_id}", responses=EMPTY_200)
+@router.delete("/v4/devices/{registration_id}", responses=EMPTY_200, response_class=Response)
 async def delete_device(registration_id: RegistrationId, app: AppDep, ctx: ContextDep) -> Response:
     """Forget the device: its tags, alias and attributes go at once, and no later stage or push
     reaches it. What pushes recorded of it (their funnels) stays."""

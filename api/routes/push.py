@@ -8,16 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import AppDep, ContextDep, temporal
-from api.errors import ApiError
+from api.deps import MAX_ID, AppDep, ContextDep, temporal
+from api.errors import ApiError, responses
 from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
-from relance.db import utcnow
+from relance.db import App, utcnow
 from relance.journey import Funnel, JourneyStatus, plan_for
+from relance.ledger.apps import policy_of
 from relance.models import PushAccepted, PushRequest
 from relance.schedule import stage_offsets, stage_times
 from relance.states import TERMINAL_STATES, JourneyState
+from relance.timing import Timing, timing_for
 from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
@@ -94,6 +96,9 @@ class PushStatusOut(BaseModel):
     error: str | None = Field(None, description="Why the journey failed, when it did.")
     next_stage: int | None = None
     next_stage_at: datetime | None = None
+    next_release_at: datetime | None = Field(
+        None, description="When the next recipients held by quiet hours or local time go."
+    )
     funnel: Funnel
     temporal_ui: str = Field(description="The journey in the Temporal Web UI.")
 
@@ -144,16 +149,17 @@ class Cancelled(BaseModel):
     state: str
 
 
-async def accept_and_start(ctx: ContextDep, app_key: str, request: PushRequest) -> PushAccepted:
+async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> PushAccepted:
     """Record a push and start its journey: what POST /v4/push and each request of a batch
     push do. Nothing half-done is left when the journey cannot start."""
+    timing = _timing(app, request)
     client = temporal(ctx)
     await check_urls(ctx, request.callback_url or [], "callback_url")
-    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app_key, request)
+    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
     push = accepted.push
     try:
         await start_journey(
-            client, ctx.settings.task_queue, plan_for(push.msg_id, app_key, request)
+            client, ctx.settings.task_queue, plan_for(push.msg_id, app.app_key, request, timing)
         )
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
@@ -177,7 +183,7 @@ async def create_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> Pus
     Stage timing: the trigger window closes `within` after stage 0 is sent, and each resend
     stage's `after` counts from that moment (within 2h, after 1h and 3h: send+3h and send+5h).
     The same `request_id` from the same app returns the same msg_id and starts nothing new."""
-    return await accept_and_start(ctx, app.app_key, request)
+    return await accept_and_start(ctx, app, request)
 
 
 @router.post("/v4/push/validate", response_model=PushValidated)
@@ -185,6 +191,7 @@ async def validate_push(request: PushRequest, app: AppDep, ctx: ContextDep) -> P
     """Run every check of POST /v4/push without sending or storing anything. Answers as
     EngageLab does (`request_id`, `msg_id`; `msg_id` is "0": no push was made), plus the
     audience size and the schedule the push would have."""
+    _timing(app, request)
     await check_urls(ctx, request.callback_url or [], "callback_url")
     recipients = await run_in_threadpool(ledger.count_audience, ctx.engine, app.app_key, request)
     return PushValidated(
@@ -200,11 +207,12 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
     """State, next stage and its time, and the funnel so far."""
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
-    state, next_stage, next_at = push.state, None, None
+    state, next_stage, next_at, release_at = push.state, None, None, None
     if push.state not in TERMINAL_STATES and ctx.client is not None:
         live = await _live_status(ctx, msg_id)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
+            release_at = live.next_release_at
     namespace = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}"
     ui = f"{namespace}/workflows/{workflow_id(msg_id)}"
     return PushStatusOut(
@@ -214,9 +222,21 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         error=push.error,
         next_stage=next_stage,
         next_stage_at=next_at,
+        next_release_at=release_at,
         funnel=funnel,
         temporal_ui=ui,
     )
+
+
+def _timing(app: App, request: PushRequest) -> Timing | None:
+    """The push's effective timing: the app's policy (read with its credentials, so no round
+    trip) with the push's `body.options` overrides. A `send_at` in the past is refused here,
+    not in the model: a stored request is read again after its send_at has passed."""
+    options = request.body.options
+    if options.send_at is not None and options.send_at < utcnow():
+        field = "body.options.send_at"
+        raise ApiError(400, f"{field}: expected an instant in the future", field)
+    return timing_for(policy_of(app), options.overrides())
 
 
 async def _live_status(ctx: ContextDep, msg_id: str) -> JourneyStatus | None:
@@ -233,7 +253,7 @@ async def list_callbacks(
     msg_id: str,
     app: AppDep,
     ctx: ContextDep,
-    cursor: int = Query(0, ge=0, description="The `next_cursor` of the previous page."),
+    cursor: int = Query(0, ge=0, le=MAX_ID, description="The `next_cursor` of the previous page."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> CallbackPage:
     """The status events of one push, oldest first, a page at a time."""
@@ -264,7 +284,7 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
     await handle.signal(PushJourney.cancel)
 
 
-@router.delete("/v4/push/{msg_id}", response_model=Cancelled)
+@router.delete("/v4/push/{msg_id}", response_model=Cancelled, responses=responses(409))
 async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     """Stop the pending resends of a push; its journey ends as cancelled."""
     await _stop(ctx, app.app_key, msg_id, again_ok=False)
@@ -282,7 +302,7 @@ class Withdrawn(BaseModel):
     msg_id: str
 
 
-@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn)
+@router.delete("/v4/push/withdraw/{msg_id}", response_model=Withdrawn, responses=responses(409))
 async def withdraw_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Withdrawn:
     """EngageLab's withdraw: stops the push's pending resends, as `DELETE /v4/push/{msg_id}`
     does. It does not take back a notification a device already received. Withdrawing again

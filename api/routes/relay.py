@@ -39,7 +39,24 @@ class RelayAccepted(BaseModel):
 @router.post(
     "/v4/callbacks/engagelab",
     response_model=RelayAccepted,
-    responses={401: {"model": ErrorOut, "description": "X-CALLBACK-ID signature is wrong."}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},  # the echostr check
+        401: {"model": ErrorOut, "description": "X-CALLBACK-ID signature is wrong."},
+    },
+    # The body is read by hand (two forms): documented, so clients and the fuzzer send one.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "examples": [{"echostr": "a1b2c3"}, {"total": 0, "rows": []}],
+                    }
+                }
+            },
+        }
+    },
 )
 async def engagelab_callback(request: Request, ctx: ContextDep) -> Response:
     """EngageLab's callback body `{"total", "rows": [...]}`, or its `{"echostr"}` check.
@@ -48,8 +65,12 @@ async def engagelab_callback(request: Request, ctx: ContextDep) -> Response:
     EngageLab credentials name a callback username and secret, the signature is required."""
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # invalid JSON or UTF-8, or nested past Python's stack
         raise ApiError(400, "body: expected valid JSON", "body") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, 'body: expected a JSON object, {"total", "rows"} or {"echostr"}', "body"
+        )
     reply = echostr_reply(body)
     if reply is not None:
         return PlainTextResponse(reply)

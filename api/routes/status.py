@@ -120,7 +120,11 @@ def id_list(value: str, field: str, most: int) -> list[str]:
     return ids
 
 
-_MESSAGE_IDS = Query(description=f"msg_ids separated by commas, up to {MAX_MESSAGE_IDS}.")
+# Published as `id_list` reads it: at least one id between the commas.
+_IDS = r"[^,\s]"
+_MESSAGE_IDS = Query(
+    description=f"msg_ids separated by commas, up to {MAX_MESSAGE_IDS}.", pattern=_IDS
+)
 
 
 @router.get("/v4/status/detail", response_model=MessageDetail)
@@ -154,7 +158,8 @@ async def message_lifecycle(
     ctx: ContextDep,
     message_id: str = Query(min_length=1, max_length=64),
     registration_ids: str = Query(
-        description=f"Registration ids separated by commas, up to {MAX_REGISTRATION_IDS}."
+        description=f"Registration ids separated by commas, up to {MAX_REGISTRATION_IDS}.",
+        pattern=_IDS,
     ),
 ) -> MessageLifecycle:
     """One push on each given device: every stage's status and times, and the furthest point

@@ -132,7 +132,7 @@ class TagChange(BaseModel):
     registration_ids: RegistrationIds
 
 
-@router.post("/v4/tags/{tag}", responses=EMPTY_200)
+@router.post("/v4/tags/{tag}", responses=EMPTY_200, response_class=Response)
 async def set_tag(tag: Name, body: TagChange, app: AppDep, ctx: ContextDep) -> Response:
     """Add the tag to devices and take it from others, all or none (200, empty body)."""
     ids = body.registration_ids
@@ -152,7 +152,7 @@ async def set_tag(tag: Name, body: TagChange, app: AppDep, ctx: ContextDep) -> R
     return Response(status_code=200)
 
 
-@router.delete("/v4/tags/{tag}", responses=EMPTY_200)
+@router.delete("/v4/tags/{tag}", responses=EMPTY_200, response_class=Response)
 async def delete_tag(
     tag: Name, app: AppDep, ctx: ContextDep, platform: str | None = None
 ) -> Response:
@@ -201,7 +201,7 @@ async def alias_devices(
     return AliasDevices(registration_ids=found)
 
 
-@router.delete("/v4/aliases/{alias}", responses=EMPTY_200)
+@router.delete("/v4/aliases/{alias}", responses=EMPTY_200, response_class=Response)
 async def delete_alias(
     alias: Name, app: AppDep, ctx: ContextDep, platform: str | None = None
 ) -> Response:

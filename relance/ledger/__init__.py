@@ -6,7 +6,14 @@ activities call these functions (synchronous: callers run them in a thread). The
 the ledger's public surface, so callers write `ledger.accept_push(...)` wherever it lives."""
 
 from relance.ledger._base import LedgerError, LimitExceeded, NotFound
-from relance.ledger.apps import authenticate, create_app, get_app, set_callbacks
+from relance.ledger.apps import (
+    authenticate,
+    create_app,
+    get_app,
+    policy_of,
+    set_callbacks,
+    set_policy,
+)
 from relance.ledger.audience import (
     audience_query,
     count_audience,
@@ -37,6 +44,7 @@ from relance.ledger.pushes import (
     get_push,
     new_msg_id,
     set_state,
+    unfinished_pushes,
 )
 from relance.ledger.sending import (
     Outbound,
@@ -114,13 +122,16 @@ __all__ = [
     "message_stats",
     "new_msg_id",
     "claim_batch",
+    "policy_of",
     "progress",
     "provider_configs",
     "record_outcomes",
     "select_resend_audience",
     "set_callbacks",
+    "set_policy",
     "set_provider",
     "set_state",
+    "unfinished_pushes",
     "stage_result",
     "upsert_devices",
     "valid_registration_ids",

@@ -9,6 +9,7 @@ from sqlmodel import Session
 
 from relance.db import App, reading
 from relance.ledger._base import NotFound
+from relance.timing import AppPolicy
 
 
 def hash_secret(secret: str) -> str:
@@ -71,3 +72,31 @@ def set_callbacks(
         session.commit()
         session.refresh(app)
         return app
+
+
+def policy_of(app: App) -> AppPolicy:
+    """The app's when-and-how-often policy, from its row (defaults where it set none)."""
+    return AppPolicy.model_validate(
+        {
+            "timezone": app.timezone or "UTC",
+            "quiet_hours": app.quiet_hours,
+            "frequency_caps": app.frequency_caps or [],
+            "throttle_per_minute": app.throttle_per_minute,
+        }
+    )
+
+
+def set_policy(engine: Engine, app_key: str, policy: AppPolicy) -> AppPolicy:
+    """Replace the app's policy (every field: what the PUT leaves out goes back to default)."""
+    data = policy.model_dump(mode="json")
+    with Session(engine) as session:
+        app = session.get(App, app_key)
+        if app is None:
+            raise NotFound("app_key", f"no app {app_key!r}")
+        app.timezone = data["timezone"]
+        app.quiet_hours = data["quiet_hours"]
+        app.frequency_caps = data["frequency_caps"]
+        app.throttle_per_minute = data["throttle_per_minute"]
+        session.commit()
+        session.refresh(app)
+        return policy_of(app)

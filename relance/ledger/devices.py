@@ -32,9 +32,25 @@ from relance.ledger.tags import (
 from relance.models import DeviceIn
 
 
-def upsert_devices(engine: Engine, app_key: str, devices: list[DeviceIn]) -> int:
-    """Register or update devices; a re-registered token becomes valid again."""
+def upsert_devices(
+    engine: Engine, app_key: str, devices: list[DeviceIn], limits: Limits | None = None
+) -> int:
+    """Register or update devices; a re-registered token becomes valid again.
+
+    With `limits`, the batch is held to EngageLab's tag and alias limits as the tag and device
+    routes are: names first, then the write and the counts it may push over a limit in one
+    transaction (the app locked), all of it refused if one is over."""
+    if limits is not None:
+        for i, d in enumerate(devices):
+            for j, tag in enumerate(d.tags):
+                check_name(f"devices[{i}].tags[{j}]", tag, limits.tag_max_bytes)
+            if d.alias:
+                check_name(f"devices[{i}].alias", d.alias, limits.alias_max_bytes, "alias")
     with Session(engine) as session:
+        if limits is not None:
+            lock_app(session, app_key)
+            tags_before = existing_tags(session, app_key, [t for d in devices for t in d.tags])
+            aliases_before = count_app_aliases(session, app_key)
         ids = [d.registration_id for d in devices]
         known = {
             d.registration_id: d
@@ -52,9 +68,31 @@ def upsert_devices(engine: Engine, app_key: str, devices: list[DeviceIn]) -> int
                 session.add(row)
             row.platform, row.tags, row.alias = d.platform, d.tags, d.alias
             row.attributes, row.valid, row.invalid_reason = d.attributes, True, None
+            if d.timezone is not None:  # a registration without one keeps the known zone
+                row.timezone = d.timezone
             row.updated_at = utcnow()
         session.flush()  # every device has its id
         _replace_tags(session, app_key, list(known.values()))
+        if limits is not None:
+            tags = sorted({t for d in devices for t in d.tags})
+            check_limits(
+                session,
+                app_key,
+                limits,
+                device_ids=[d.id for d in known.values() if d.id is not None],
+                device_field="devices",
+                tags=tags,
+                tag_field="devices",
+                new_tags=bool(set(tags) - tags_before),
+            )
+            if any(d.alias for d in devices):
+                count = count_app_aliases(session, app_key)
+                if count > max(aliases_before, limits.aliases_per_app):
+                    raise LimitExceeded(
+                        "devices",
+                        f"the app would have {count} aliases; at most {limits.aliases_per_app}",
+                        TOO_MANY_APP_ALIASES,
+                    )
         session.commit()
     return len(devices)
 

@@ -53,11 +53,24 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 func.count(col(d.delivered_at)),
                 func.count(col(d.displayed_at)),
                 func.count(col(d.clicked_at)),
+                func.count(col(d.held_until)),
             )
             .where(col(d.msg_id) == msg_id)
             .group_by(col(d.stage))
             .order_by(col(d.stage))
         ).all()
+        reasons: dict[int, dict[str, int]] = {}
+        skips = any(row[4] for row in rows)  # no second statement unless someone was skipped
+        for stage, reason, n in (
+            []
+            if not skips
+            else session.execute(
+                sa_select(col(d.stage), col(d.skip_reason), func.count())
+                .where(col(d.msg_id) == msg_id, col(d.status) == DeliveryStatus.skipped.value)
+                .group_by(col(d.stage), col(d.skip_reason))
+            ).all()
+        ):
+            reasons.setdefault(stage, {})[reason or "not_matching"] = int(n)
         first = aliased(Delivery)
         added = session.execute(
             sa_select(func.count(func.distinct(col(d.registration_id)))).where(
@@ -73,7 +86,7 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
             )
         ).scalar_one()
     stages = []
-    for stage, targeted, sent, failed, skipped, delivered, displayed, clicked in rows:
+    for stage, targeted, sent, failed, skipped, delivered, displayed, clicked, deferred in rows:
         sent = int(sent or 0)
         stages.append(
             StageFunnel(
@@ -82,6 +95,8 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 sent=sent,
                 failed=int(failed or 0),
                 skipped=int(skipped or 0),
+                deferred=int(deferred or 0),
+                skipped_by_reason=reasons.get(stage, {}),
                 delivered=delivered,
                 displayed=displayed,
                 clicked=clicked,

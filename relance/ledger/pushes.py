@@ -5,6 +5,7 @@ it, and recording how its journey ended."""
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -224,6 +225,27 @@ def forget_push(engine: Engine, msg_id: str) -> None:
         session.execute(delete(Recipient).where(col(Recipient.msg_id) == msg_id))
         session.execute(delete(Push).where(col(Push.msg_id) == msg_id))
         session.commit()
+
+
+def unfinished_pushes(
+    engine: Engine, created_after: datetime, created_before: datetime, limit: int = 500
+) -> list[Push]:
+    """Pushes recorded between the two times whose journey has not ended (their ledger state
+    is still `accepted` until it does), oldest first: the candidates for a journey that an API
+    killed between recording a push and starting its journey never started."""
+    with Session(reading(engine)) as session:
+        return list(
+            session.exec(
+                select(Push)
+                .where(
+                    Push.state == JourneyState.accepted.value,
+                    col(Push.created_at) > created_after,
+                    col(Push.created_at) <= created_before,
+                )
+                .order_by(col(Push.created_at))
+                .limit(limit)
+            )
+        )
 
 
 def set_state(engine: Engine, msg_id: str, state: JourneyState, error: str | None = None) -> None:

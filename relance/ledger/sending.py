@@ -5,14 +5,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, update
+from sqlalchemy import and_, exists, func, insert, literal, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
 from relance.journey import Progress
-from relance.ledger._base import NotFound, arrays, chunks, insert_for, on_postgresql, unnest
+from relance.ledger._base import NotFound, arrays, on_postgresql, unnest
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
@@ -34,23 +34,37 @@ def select_resend_audience(engine: Engine, msg_id: str, stage: int) -> int:
         ).scalar_one()
         if already:
             return int(already)
-        matching = select(Recipient.registration_id).where(
-            Recipient.msg_id == msg_id,
-            col(Recipient.stopped).is_(False),
-            exists().where(
-                col(Device.app_key) == push.app_key,
-                col(Device.registration_id) == col(Recipient.registration_id),
-                col(Device.valid).is_(True),
-            ),
-        )
-        ids = list(session.exec(matching))
-        for chunk in chunks(ids, 1000):
-            session.execute(
-                insert_for(session)(Delivery),
-                [{"msg_id": msg_id, "stage": stage, "registration_id": rid} for rid in chunk],
+        # One INSERT ... SELECT in the database, in the recipients' order: no id of a
+        # million-recipient stage passes through this process's memory.
+        matching = (
+            sa_select(
+                literal(msg_id),
+                literal(stage),
+                col(Recipient.registration_id),
+                literal(DeliveryStatus.pending.value),
             )
+            .where(
+                col(Recipient.msg_id) == msg_id,
+                col(Recipient.stopped).is_(False),
+                exists().where(
+                    col(Device.app_key) == push.app_key,
+                    col(Device.registration_id) == col(Recipient.registration_id),
+                    col(Device.valid).is_(True),
+                ),
+            )
+            .order_by(col(Recipient.id))
+        )
+        session.connection().execute(
+            insert(Delivery).from_select(["msg_id", "stage", "registration_id", "status"], matching)
+        )
+        # Counted, not the INSERT's rowcount: psycopg reports none for an INSERT ... SELECT.
+        queued = session.execute(
+            sa_select(func.count())
+            .select_from(Delivery)
+            .where(col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage)
+        ).scalar_one()
         session.commit()
-        return len(ids)
+        return int(queued)
 
 
 @dataclass
@@ -118,8 +132,12 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
         items: list[Outbound] = []
         skipped: list[int] = []
         claimed: list[int] = []
+        invalid: list[int] = []
         for delivery_id, registration_id, status, platform, stopped, valid, attributes in rows:
-            if not valid or (stage > 0 and stopped):  # valid is None: the device is gone
+            if not valid:  # valid is None: the device is gone
+                invalid.append(delivery_id)
+                continue
+            if stage > 0 and stopped:
                 skipped.append(delivery_id)
                 continue
             resend = status == DeliveryStatus.sending
@@ -128,21 +146,28 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
             items.append(
                 Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
             )
-        for ids, status in ((skipped, DeliveryStatus.skipped), (claimed, DeliveryStatus.sending)):
+        for ids, values in (
+            (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),
+            (invalid, {"status": DeliveryStatus.skipped.value, "skip_reason": "invalid_token"}),
+            (claimed, {"status": DeliveryStatus.sending.value}),
+        ):
             if not ids:
                 continue
             if on_postgresql(session):  # one array parameter, not one bound value per id
-                session.connection().exec_driver_sql(_PG_MARK, {"status": status.value, "ids": ids})
-            else:
-                session.execute(
-                    update(Delivery).where(col(Delivery.id).in_(ids)).values(status=status.value)
+                session.connection().exec_driver_sql(
+                    _PG_MARK, {"reason": None, **values, "ids": ids}
                 )
+            else:
+                session.execute(update(Delivery).where(col(Delivery.id).in_(ids)).values(**values))
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 
 
 _DELIVERY = Delivery.__tablename__
-_PG_MARK = f"UPDATE {_DELIVERY} SET status = %(status)s WHERE id = ANY(%(ids)b::int[])"
+_PG_MARK = (
+    f"UPDATE {_DELIVERY} SET status = %(status)s, "
+    "skip_reason = coalesce(%(reason)s, skip_reason) WHERE id = ANY(%(ids)b::int[])"
+)
 # PostgreSQL: a page's outcomes as one array per column, joined by id in one UPDATE (psycopg
 # sends each list as one binary array; an executemany bound and sent every row on its own).
 _PG_OUTCOME_COLUMNS = {

@@ -109,9 +109,11 @@ def relance_stack(
     simulator_args: list[str],
     batch_size: int = 100,
     extra_env: dict[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Stack]:
+    """`database_url`: an empty database for the ledger (PostgreSQL), else SQLite in `tmp`."""
     api_port, sim_port, metrics_port = free_port(), free_port(), free_port()
-    db_url = f"sqlite:///{tmp / 'ledger.db'}"
+    db_url = database_url or f"sqlite:///{tmp / 'ledger.db'}"
     engine = make_engine(db_url)
     migrate.upgrade(engine)  # as a deployment does: the API and worker refuse a bare ledger
     key, secret = ledger.create_app(engine, "e2e")

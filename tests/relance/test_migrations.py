@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from relance import ledger, migrate, sealing
 from relance.db import make_engine
 from relance.models import PushRequest
+from relance.timing import AppPolicy
 
 PREVIOUS_RELEASE = Path(__file__).parent / "previous_release"
 SECRET = "previous-release-master-secret-0123456789"
@@ -344,3 +345,79 @@ def test_the_upgrade_fills_each_devices_last_report_from_its_events(blank: Engin
     (status,) = ledger.device_status(blank, "shop", ["rid-1"], online_seconds=60)
     assert not status.online and status.last_online_time is not None
     assert status.last_online_time.isoformat().startswith("2026-01-02T03:07:00")
+
+
+def test_an_older_ledger_upgrades_to_time_zones_and_policy_keeping_its_rows(
+    blank: Engine,
+) -> None:
+    """The when-and-how-often revision: devices without a zone (the app's default applies),
+    apps without a policy (defaults), every push and delivery kept."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    migrate.upgrade(blank, "5e1b7c2d9a40")  # the revision before it
+    with blank.connect() as conn:
+        before = {
+            table: conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            for table in ("app", "device", "push", "recipient", "delivery")
+        }
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        after = {
+            table: conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            for table in before
+        }
+        zones = set(conn.exec_driver_sql("SELECT timezone FROM device").scalars())
+        held = set(conn.exec_driver_sql("SELECT held_until, skip_reason FROM delivery"))
+    assert after == before and before["device"] > 0 and before["delivery"] > 0
+    assert zones == {None}
+    assert held == {(None, None)}
+    assert ledger.policy_of(ledger.get_app(blank, "shop")).model_dump(mode="json") == {
+        "timezone": "UTC",
+        "quiet_hours": None,
+        "frequency_caps": [],
+        "throttle_per_minute": None,
+    }
+    ledger.set_policy(blank, "shop", AppPolicy(timezone="Europe/Paris"))
+    assert ledger.get_app(blank, "shop").timezone == "Europe/Paris"
+
+
+def test_an_older_ledger_upgrades_to_variants_and_conversions_keeping_its_rows(
+    blank: Engine,
+) -> None:
+    """The funnel-truth revision: every row kept; no variant, not converted, subscribed."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    migrate.upgrade(blank, "a21a6072ade8")  # the revision before it
+    with blank.connect() as conn:
+        before = {
+            table: conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id").all()
+            for table in ("device", "recipient", "delivery")
+        }
+
+    migrate.upgrade(blank)
+
+    with blank.connect() as conn:
+        after = {
+            table: conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id").all()
+            for table in before
+        }
+        new = {
+            "delivery": conn.exec_driver_sql("SELECT DISTINCT variant FROM delivery").all(),
+            "device": conn.exec_driver_sql("SELECT DISTINCT unsubscribed_at FROM device").all(),
+            "recipient": conn.exec_driver_sql(
+                "SELECT DISTINCT converted_at, conversion_value, unsubscribed_at FROM recipient"
+            ).all(),
+        }
+    for table, rows in before.items():
+        assert rows and [r[: len(rows[0])] for r in after[table]] == rows, table
+    assert new == {
+        "delivery": [(None,)],
+        "device": [(None,)],
+        "recipient": [(None, None, None)],
+    }

@@ -85,3 +85,39 @@ def test_deleting_a_device_keeps_its_pushes_records(engine: Engine, app: str) ->
     assert sorted(recipients) == ["d1", "d2"] and sorted(deliveries) == ["d1", "d2"]
     # The resend goes only to devices still registered.
     assert ledger.select_resend_audience(engine, msg_id, 1) == 1
+
+
+def test_bulk_registration_is_held_to_the_same_limits(engine: Engine, app: str) -> None:
+    """`POST /v4/devices` cannot get around the tag routes' limits: a batch that would put a
+    tag on too many devices, a device over its tags, or the app over its tags is refused whole,
+    with the limit's code, and leaves every device as it was."""
+    from relance.ledger.tags import TOO_MANY_DEVICE_TAGS
+
+    def register(devices: list[DeviceIn]) -> int:
+        try:
+            ledger.upsert_devices(engine, app, devices, LIMITS)
+            return 0
+        except LimitExceeded as exc:
+            return exc.code
+
+    ok = [DeviceIn(registration_id=f"d{i}", tags=["hot"]) for i in range(2)]
+    assert register(ok) == 0
+    assert register([DeviceIn(registration_id="d2", tags=["hot"])]) == TOO_MANY_TAG_DEVICES
+    assert register([DeviceIn(registration_id="d3", tags=["a", "b", "c"])]) == (
+        TOO_MANY_DEVICE_TAGS
+    )
+    assert register([DeviceIn(registration_id="d4", tags=["a"])]) == 0
+    assert register([DeviceIn(registration_id="d5", tags=["b"])]) == 0
+    assert register([DeviceIn(registration_id="d6", tags=["c"])]) == TOO_MANY_APP_TAGS
+    assert ledger.count_tags(engine, app, ["hot", "a", "b", "c"], None) == {
+        "hot": 2,
+        "a": 1,
+        "b": 1,
+        "c": 0,
+    }
+    assert ledger.get_device(engine, app, "d2").tags == []  # the refused batch left nothing
+    with pytest.raises(ledger.LedgerError) as named:
+        ledger.upsert_devices(
+            engine, app, [DeviceIn(registration_id="d7", tags=["x" * 41])], LIMITS
+        )
+    assert named.value.field == "devices[0].tags[0]"

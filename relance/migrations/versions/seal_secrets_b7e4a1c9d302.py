@@ -7,7 +7,7 @@ setting), and the secrets stay in clear, marked as such: `relance db upgrade` sa
 `relance secrets rotate` seals them once a key is set (README "Keys and rotation").
 
 Revision ID: b7e4a1c9d302
-Revises: 5e1b7c2d9a40
+Revises: f363bfdd3682
 Create Date: 2026-11-23
 """
 
@@ -21,7 +21,7 @@ from relance import sealing
 
 # Read by Alembic: where this revision sits in the chain.
 revision: str = "b7e4a1c9d302"
-down_revision: str | Sequence[str] | None = "5e1b7c2d9a40"
+down_revision: str | Sequence[str] | None = "f363bfdd3682"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
