@@ -30,9 +30,15 @@ app_cli = typer.Typer(help="Apps: the appKey:masterSecret pairs that call the AP
 main.add_typer(app_cli, name="app")
 db_cli = typer.Typer(help="The ledger's schema: upgrade it, see where it stands, write revisions.")
 main.add_typer(db_cli, name="db")
+secrets_cli = typer.Typer(
+    help="Secrets at rest: provider credentials and callback secrets, encrypted with the keys "
+    "of RELANCE_SECRET_KEYS (newest first)."
+)
+main.add_typer(secrets_cli, name="secrets")
 
 STATE_DIR = Path(".relance")
 DEV_APP_FILE = STATE_DIR / "dev-app.json"
+DEV_KEYS_FILE = STATE_DIR / "secret-keys"
 
 
 def _log() -> None:
@@ -42,7 +48,7 @@ def _log() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _refuse(command: str, exc: LedgerNotCurrent) -> typer.Exit:
+def _refuse(command: str, exc: Exception) -> typer.Exit:
     """A command that will not run on this ledger says why and what to run, and exits 1."""
     typer.echo(f"relance {command}: {exc}", err=True)
     return typer.Exit(1)
@@ -80,13 +86,104 @@ def db_upgrade() -> None:
     database gets every table; a ledger made before migrations is stamped as the baseline, then
     upgraded, keeping every row. Safe to run again, and from several places at once."""
     from relance import migrate
+    from relance.sealing import BadKeys, SecretsLocked
 
     url = get_settings().database_url
     try:
         done = migrate.upgrade(url)
-    except LedgerNotCurrent as exc:
+    except (LedgerNotCurrent, SecretsLocked, BadKeys) as exc:
         raise _refuse("db upgrade", exc) from None
     typer.echo(f"ledger {_ledger_name(url)}: {done.describe()}")
+    _say_clear_secrets(url)
+
+
+def _say_clear_secrets(url: str) -> None:
+    """A ledger with secrets in clear is named as such, with what to do (stderr, exit 0)."""
+    from relance import sealing
+    from relance.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = sealing.census(conn)
+    finally:
+        engine.dispose()
+    if found.clear:
+        todo = (
+            "run `relance secrets rotate`"
+            if sealing.current() is not None
+            else f"set {sealing.SETTING} and run `relance secrets rotate`"
+        )
+        typer.echo(f"{found.clear} secret(s) are stored in clear: {todo}", err=True)
+
+
+@secrets_cli.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key: put it first in RELANCE_SECRET_KEYS, then run `relance secrets rotate`."""
+    from relance.sealing import new_key
+
+    typer.echo(new_key())
+
+
+@secrets_cli.command("rotate")
+def secrets_rotate() -> None:
+    """Encrypt every secret of the ledger again under the newest key of RELANCE_SECRET_KEYS
+    (secrets in clear included), in one transaction. Afterwards the older keys can be removed
+    from RELANCE_SECRET_KEYS. Safe to run again."""
+    from relance import sealing
+    from relance.db import make_engine
+    from relance.migrate import ensure_current
+
+    settings = get_settings()
+    try:
+        keyring = sealing.install(settings.secret_keys.get_secret_value())
+    except sealing.BadKeys as exc:
+        raise _refuse("secrets rotate", exc) from None
+    if keyring is None:
+        typer.echo(
+            f"relance secrets rotate: {sealing.SETTING} is not set: set it to the new key "
+            "first, then the older ones, comma-separated (`relance secrets new-key` prints one)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    engine = make_engine(settings.database_url)
+    try:
+        ensure_current(engine)
+        with engine.begin() as conn:
+            before = sealing.seal_all(conn, keyring)
+    except (LedgerNotCurrent, sealing.SecretsLocked) as exc:
+        raise _refuse("secrets rotate", exc) from None
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"ledger {_ledger_name(settings.database_url)}: {before.sealed + before.clear} "
+        f"secret(s) encrypted under the newest key ({before.clear} were in clear); "
+        + (
+            f"the {keyring.size - 1} older key(s) can now be removed from {sealing.SETTING}"
+            if keyring.size > 1
+            else "nothing depends on any other key"
+        )
+    )
+
+
+@secrets_cli.command("status")
+def secrets_status() -> None:
+    """How many secrets the ledger holds encrypted and in clear, and whether the keys of
+    RELANCE_SECRET_KEYS open them all. Exits 1 when the API and worker would refuse to start."""
+    from relance import sealing
+    from relance.db import make_engine
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        keyring = sealing.install(settings.secret_keys.get_secret_value())
+        with engine.connect() as conn:
+            found = sealing.check_keys(conn, keyring)
+    except (sealing.SecretsLocked, sealing.BadKeys) as exc:
+        raise _refuse("secrets status", exc) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"{found.sealed} secret(s) encrypted, {found.clear} in clear")
 
 
 @main.command("db-init")
@@ -143,12 +240,14 @@ def db_revision(
 def worker() -> None:
     """Run the Temporal worker (TEMPORAL_ADDRESS, RELANCE_DATABASE_URL)."""
     import worker as worker_module
+    from relance.sealing import BadKeys, SecretsLocked
+    from relance.temporal_client import TemporalSettingsError
 
     _log()
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(worker_module.main())
-    except LedgerNotCurrent as exc:
+    except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("worker: not starting", exc) from None
 
 
@@ -158,11 +257,13 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     from api.main import create_app
+    from relance.sealing import BadKeys, SecretsLocked
+    from relance.temporal_client import TemporalSettingsError
 
     _log()
     try:
         app = create_app()
-    except LedgerNotCurrent as exc:
+    except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("api: not starting", exc) from None
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -226,6 +327,24 @@ def _dev_credentials(settings: Settings, create: bool) -> tuple[str, str]:
     return key, secret
 
 
+def _dev_secret_keys(settings: Settings) -> str:
+    """RELANCE_SECRET_KEYS, else the key kept in .relance/secret-keys (made on first start,
+    readable by its owner only): a laptop's ledger is encrypted at rest like a deployment's."""
+    given = settings.secret_keys.get_secret_value().strip()
+    if given:
+        return given
+    if DEV_KEYS_FILE.exists():
+        return DEV_KEYS_FILE.read_text().strip()
+    from relance.sealing import new_key
+
+    STATE_DIR.mkdir(exist_ok=True)
+    # Created with mode 0600, so the key is never readable by others, not even for a moment.
+    fd = os.open(DEV_KEYS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_key() + "\n")
+    return DEV_KEYS_FILE.read_text().strip()
+
+
 def wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -275,7 +394,7 @@ def dev(
 ) -> None:
     """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
     worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
-    from relance import ledger, migrate
+    from relance import ledger, migrate, sealing
     from relance.db import make_engine
 
     # Ctrl-C stops everything even when this was started with SIGINT ignored (as a background
@@ -286,9 +405,13 @@ def dev(
     settings = get_settings()
     STATE_DIR.mkdir(exist_ok=True)
     key, secret = _dev_credentials(settings, create=True)
+    secret_keys = _dev_secret_keys(settings)
+    sealing.install(secret_keys)
     engine = make_engine(settings.database_url)
     # On a laptop the ledger follows the code: what `relance db upgrade` does in a deployment.
     typer.echo(f"ledger: {migrate.upgrade(engine).describe()}")
+    with engine.begin() as conn:  # a laptop's ledger made without a key: sealed now
+        sealing.seal_all(conn, sealing.current())
     ledger.create_app(engine, "dev", key, secret)
     env = {
         **os.environ,
@@ -302,6 +425,7 @@ def dev(
         ),
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
+        "RELANCE_SECRET_KEYS": secret_keys,
         # Prometheus metrics on loopback: the API's at /metrics, the worker's on its own port.
         "RELANCE_WORKER_METRICS_PORT": str(worker_metrics_port),
         "RELANCE_WORKER_METRICS_HOST": "127.0.0.1",

@@ -16,11 +16,13 @@ from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
 from activities.schedules import ScheduleActivities
+from relance import sealing
 from relance.db import make_engine
 from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
+from relance.temporal_client import describe as describe_temporal
 from workflows.callback_forwarder import CallbackForwarder
 from workflows.push_journey import PushJourney
 from workflows.scheduled_push import ScheduledPush
@@ -64,6 +66,8 @@ def build_worker(
     engine = make_engine(settings.database_url)
     # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
     ensure_current(engine)
+    # Refuse sealed secrets that the keys cannot open (SecretsLocked), rather than fail a send.
+    sealing.start(engine, settings.secret_keys.get_secret_value(), "worker")
     providers = providers or {"simulator": SimulatorProvider(settings.simulator_url)}
     journey = JourneyActivities(
         engine,
@@ -129,8 +133,14 @@ async def main(settings: Settings | None = None) -> None:
     # Checked before connecting, so a ledger that is behind stops the worker at once instead of
     # after Temporal answers.
     ensure_current(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        sealing.start(engine, settings.secret_keys.get_secret_value(), "worker")
+    finally:
+        engine.dispose()
     runtime, metrics = serve_metrics(settings)
     try:
+        log.info("connecting to Temporal at %s", describe_temporal(settings))
         client: Client = await connect_temporal(settings, runtime)
         log.info("worker on task queue %r at %s", settings.task_queue, settings.temporal_address)
         # SIGTERM (a deploy) and SIGINT (Ctrl-C) stop polling, let running activities finish

@@ -29,11 +29,13 @@ from api.routes import (
     unsupported,
 )
 from api.signals import SignalCoalescer
+from relance import sealing
 from relance.db import make_engine
 from relance.metrics import api_registry, exposition
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
 from relance.temporal_client import connect_temporal
+from relance.temporal_client import describe as describe_temporal
 
 log = logging.getLogger("relance.api")
 
@@ -50,6 +52,10 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     engine = make_engine(settings.database_url)
     # Refuse a ledger that is behind (LedgerNotCurrent): `relance db upgrade` changes its shape.
     ensure_current(engine)
+    # Refuse sealed secrets that the keys cannot open (SecretsLocked), rather than fail later.
+    sealing.start(engine, settings.secret_keys.get_secret_value(), "api")
+    # Unusable TLS settings stop the API now (TemporalSettingsError), not in the retry loop.
+    log.info("Temporal at %s", describe_temporal(settings))
     coalescer = SignalCoalescer(engine, settings.signal_interval_seconds, settings.task_queue)
     context = Context(
         settings,

@@ -11,6 +11,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel, create_engine
 
+from relance.sealing import SealedJSON, SealedText
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -25,8 +27,9 @@ class App(SQLModel, table=True):
     # Where status callbacks go when a push names no callback_url, and how they are signed.
     callback_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     callback_username: str | None = Field(default=None, max_length=128)
-    # Kept in clear: it signs every callback (the receiver holds the same secret).
-    callback_secret: str | None = Field(default=None, max_length=128)
+    # Signs every callback (the receiver holds the same secret): encrypted at rest
+    # (relance/sealing.py), clear in memory.
+    callback_secret: str | None = Field(default=None, sa_column=Column(SealedText, nullable=True))
     # When and how often (relance.timing.AppPolicy): defaults for every push of the app.
     timezone: str | None = Field(default=None, max_length=64)
     quiet_hours: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -43,9 +46,10 @@ class ProviderConfig(SQLModel, table=True):
     app_key: str = Field(max_length=64, index=True)
     provider: str = Field(max_length=32)
     platforms: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # Secrets included: never returned by the API, never passed to a workflow.
+    # Secrets included: never returned by the API, never passed to a workflow; encrypted at
+    # rest as one sealed JSON object (relance/sealing.py).
     credentials: dict[str, Any] = Field(
-        default_factory=dict, sa_column=Column(JSON, nullable=False)
+        default_factory=dict, sa_column=Column(SealedJSON, nullable=False)
     )
     updated_at: datetime = Field(default_factory=utcnow)
 

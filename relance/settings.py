@@ -3,8 +3,13 @@
 from functools import lru_cache
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    """A setting read from `name`, or RELANCE_`name`, or its field name (in code)."""
+    return AliasChoices(name, f"RELANCE_{name}", name.lower())
 
 
 class Settings(BaseSettings):
@@ -16,6 +21,24 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TEMPORAL_ADDRESS", "RELANCE_TEMPORAL_ADDRESS"),
     )
     temporal_namespace: str = "default"
+    # Temporal beyond one machine (README "Temporal TLS and Cloud"). Certificates and keys are
+    # PEM: either the PEM text itself (it starts with "-----BEGIN") or the path of a PEM file.
+    # Any of them turns TLS on; TEMPORAL_TLS=true turns it on with the system's CAs alone.
+    temporal_tls: bool = Field(False, validation_alias=_env("TEMPORAL_TLS"))
+    # mTLS: the client certificate (with its chain) and its private key.
+    temporal_tls_cert: str | None = Field(None, validation_alias=_env("TEMPORAL_TLS_CERT"))
+    temporal_tls_key: SecretStr | None = Field(None, validation_alias=_env("TEMPORAL_TLS_KEY"))
+    # The CA that signed the server's certificate (a self-hosted cluster); else the system's.
+    temporal_tls_ca: str | None = Field(None, validation_alias=_env("TEMPORAL_TLS_CA"))
+    # The name the server's certificate is checked against, when not the address's host.
+    temporal_tls_server_name: str | None = Field(
+        None, validation_alias=_env("TEMPORAL_TLS_SERVER_NAME")
+    )
+    # Temporal Cloud's API key (sent as a bearer token; implies TLS).
+    temporal_api_key: SecretStr | None = Field(None, validation_alias=_env("TEMPORAL_API_KEY"))
+    # Fernet keys that encrypt provider credentials and callback secrets in the ledger,
+    # comma-separated, newest first (relance/sealing.py; README "Keys and rotation").
+    secret_keys: SecretStr = SecretStr("")
     task_queue: str = "relance"
     temporal_ui_url: str = "http://localhost:8233"
     api_url: str = "http://127.0.0.1:8000"
@@ -78,6 +101,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     dev_app_key: str | None = None
     dev_master_secret: str | None = None
+
+    @field_validator(
+        "temporal_tls_cert",
+        "temporal_tls_key",
+        "temporal_tls_ca",
+        "temporal_tls_server_name",
+        "temporal_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # docker-compose passes `${TEMPORAL_TLS_CERT:-}` as an empty string: not set.
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 @lru_cache

@@ -1,5 +1,6 @@
 """Shared fixtures: ledgers on SQLite and PostgreSQL, and Temporal's time-skipping server."""
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,10 @@ from relance import ledger
 from relance.binaries import SEARCH_ATTRIBUTES, temporal_test_server
 from relance.db import create_tables, make_engine
 from tests.pgserver import postgres_available, running_postgres
+
+# The suite runs as a deployment should: provider credentials and callback secrets encrypted
+# at rest. Set before any settings are read; the parts the e2e tests start inherit it.
+os.environ.setdefault("RELANCE_SECRET_KEYS", "hqzRU5zXJYxDWj5Ik_VQi8PqHtyKm0ceRWlRQlQzsAc=")
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,7 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
         "RELANCE_API_URL": f"http://127.0.0.1:{ports['api']}",
     }
     env.pop("RELANCE_DATABASE_URL", None)
+    env.pop("RELANCE_SECRET_KEYS", None)  # relance dev makes its own on first start
     proc = start_dev(tmp_path, env, ports)
     try:
         demo = subprocess.run(
@@ -94,6 +95,10 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
     finally:
         stop_dev(proc, ports, tmp_path / "dev.log")
     assert (tmp_path / ".relance" / "temporal.db").exists()
+    keys = tmp_path / ".relance" / "secret-keys"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    ledger_bytes = b"".join(p.read_bytes() for p in (tmp_path / ".relance").glob("relance.db*"))
+    assert b"fernet:" in ledger_bytes and b"clear:" not in ledger_bytes
 
     proc = start_dev(tmp_path, env, ports)
     try:

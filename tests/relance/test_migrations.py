@@ -2,6 +2,7 @@
 a ledger of the last release before migrations (frozen in previous_release/*.sql) is stamped
 and upgraded with every row kept, and a ledger that is behind or ahead is named as such."""
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, make_url, text
+from cryptography.fernet import Fernet
+from sqlalchemy import inspect, make_url, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from relance import ledger, migrate
+from relance import ledger, migrate, sealing
 from relance.db import make_engine
 from relance.models import PushRequest
 from relance.timing import AppPolicy
@@ -127,11 +129,18 @@ ROWS = [
 ]
 
 
+# Stored encrypted since secrets are sealed at rest: compared opened (`secrets`), not raw.
+SEALED_COLUMNS = {("app", "callback_secret"), ("providerconfig", "credentials")}
+CLEAR_SECRETS = ("cb-secret-012", {"project_id": "shop-123"})
+
+
 def every_row(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table the previous release had, its columns only, in key order."""
+    """Every row of every table the previous release had, its columns only (the secrets'
+    columns left out), in key order."""
     rows = {}
     with engine.connect() as conn:
-        for table, columns in migrate.BASELINE_COLUMNS.items():
+        for table, all_columns in migrate.BASELINE_COLUMNS.items():
+            columns = [c for c in all_columns if (table, c) not in SEALED_COLUMNS]
             key = columns[0]
             query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {key}"
             rows[table] = [tuple(r) for r in conn.exec_driver_sql(query)]
@@ -181,12 +190,81 @@ def test_a_previous_release_ledger_is_stamped_and_upgraded_keeping_every_row(
     assert done.stamped_baseline and done.after == migrate.head()
     assert migrate.is_current(blank)
     assert every_row(blank) == before
+    assert secrets(blank) == CLEAR_SECRETS
     assert ledger.authenticate(blank, "shop", SECRET) is not None
     assert ledger.authenticate(blank, "shop", "not-the-secret") is None
     assert differences(blank) == []
     again = migrate.upgrade(blank)
     assert again.applied == [] and not again.stamped_baseline
     assert every_row(blank) == before
+    assert secrets(blank) == CLEAR_SECRETS
+
+
+def secrets(engine: Engine) -> tuple[str | None, dict[str, Any]]:
+    """The callback secret and the provider credentials of the ROWS' app, as relance reads them."""
+    (config,) = ledger.provider_configs(engine, "shop")
+    return ledger.get_app(engine, "shop").callback_secret, config.credentials
+
+
+def stored_secrets(engine: Engine) -> tuple[str, Any]:
+    """The same, as they are stored (nothing opened)."""
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(sealing._apps.c.callback_secret, sealing._providers.c.credentials).where(
+                sealing._apps.c.app_key == sealing._providers.c.app_key
+            )
+        ).one()
+    return stored[0], stored[1]
+
+
+def test_the_upgrade_encrypts_an_older_ledgers_secrets_with_the_newest_key(blank: Engine) -> None:
+    """An older ledger's callback secrets and provider credentials, in clear, are sealed by
+    the upgrade under the newest key of RELANCE_SECRET_KEYS; relance reads them the same."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    with sealing.using([new, old]):
+        migrate.upgrade(blank)
+        assert secrets(blank) == CLEAR_SECRETS
+
+    callback_secret, credentials = stored_secrets(blank)
+    assert callback_secret.startswith("fernet:") and "cb-secret-012" not in callback_secret
+    assert set(credentials) == {"$fernet"} and "shop-123" not in json.dumps(credentials)
+    assert Fernet(new.encode()).decrypt(callback_secret.removeprefix("fernet:").encode()) == (
+        b"cb-secret-012"
+    )
+    with sealing.using([old]), pytest.raises(sealing.SecretsLocked):
+        secrets(blank)
+
+
+def test_without_keys_the_upgrade_leaves_secrets_in_clear_marked_until_rotate(
+    blank: Engine,
+) -> None:
+    """An upgrade is not stopped by a setting it did not need before: without keys the
+    secrets stay in clear, marked as such, and counted; sealing them all (`relance secrets
+    rotate`) needs a key."""
+    create_previous_release_ledger(blank)
+    with blank.begin() as conn:
+        for statement in ROWS:
+            conn.execute(text(statement), {"secret_hash": SECRET_HASH})
+    key = Fernet.generate_key().decode()
+
+    with sealing.using(None):
+        migrate.upgrade(blank)
+        assert secrets(blank) == CLEAR_SECRETS
+    assert stored_secrets(blank) == ("clear:cb-secret-012", {"project_id": "shop-123"})
+    with blank.connect() as conn:
+        assert sealing.census(conn) == sealing.Census(sealed=0, clear=2)
+
+    with sealing.using([key]) as keyring, blank.begin() as conn:
+        assert sealing.seal_all(conn, keyring) == sealing.Census(sealed=0, clear=2)
+    with blank.connect() as conn:
+        assert sealing.census(conn) == sealing.Census(sealed=2, clear=0)
+    with sealing.using([key]):
+        assert secrets(blank) == CLEAR_SECRETS
 
 
 def test_the_upgrade_fills_device_tags_from_the_devices_json_tags(blank: Engine) -> None:
