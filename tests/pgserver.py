@@ -123,9 +123,14 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def postgres_cluster(base_dir: Path) -> Iterator[tuple[str, Cluster]]:
+def postgres_cluster(base_dir: Path, durable: bool = False) -> Iterator[tuple[str, Cluster]]:
     """Start a throwaway cluster under ``base_dir``; yield its SQLAlchemy (psycopg 3) URL and
-    the cluster (to stop and start it again)."""
+    the cluster (to stop and start it again).
+
+    `durable`: commit as production PostgreSQL does (fsync, synchronous_commit on). A test
+    that crashes the server needs it: with synchronous_commit off, an immediate stop loses the
+    last acknowledged commits (e.g. deliveries marked `sending`), which no real deployment
+    does, and relance would then rightly send those again."""
     if reason := postgres_available():
         raise RuntimeError(reason)
     bin_dir = _bin_dir()
@@ -138,6 +143,8 @@ def postgres_cluster(base_dir: Path) -> Iterator[tuple[str, Cluster]]:
             conf.write(
                 _SETTINGS.format(port=cluster.port, sockets=str(cluster.root).replace("'", "''"))
             )
+            if durable:  # the last setting wins
+                conf.write("fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n")
         cluster.start()
         import psycopg  # the project's driver; imported here so importing this module is cheap
 

@@ -5,6 +5,9 @@ the stage exactly once, and the funnel says every one was sent.
   a second later) during a 5,000-recipient stage: the send activity's ledger writes fail, it
   is retried by Temporal (SEND_RETRY) and resumes from its heartbeat, and deliveries that were
   handed to the simulator but not recorded are found by its lookup instead of sent again.
+  The cluster commits durably (fsync, synchronous_commit on) as production does: with the
+  suite's fast settings a crash loses acknowledged commits, and this test once caught exactly
+  that (a page marked `sending`, sent, then found `pending` again after the restart).
 - Two workers on the task queue, the one running the send SIGKILLed: the other takes the
   activity over after its heartbeat timeout (30 s, the production value; the test waits it out).
 """
@@ -59,7 +62,7 @@ async def test_postgres_restarted_mid_stage_sends_each_device_once(
     devices = [f"silent-pg-{i:04d}" for i in range(5000)]
     simulator = ["--send-latency-ms", "30"]
     with (
-        postgres_cluster(tmp_path / "pg") as (url, cluster),
+        postgres_cluster(tmp_path / "pg", durable=True) as (url, cluster),
         relance_stack(dev_server.client, tmp_path, simulator, 50, database_url=url) as stack,
     ):
         await register(stack, devices, "pg")
