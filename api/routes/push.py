@@ -14,6 +14,7 @@ from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
 from relance.db import App, utcnow
+from relance.describe import journey_labels
 from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.ledger.apps import policy_of
 from relance.models import PushAccepted, PushRequest
@@ -159,7 +160,10 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     push = accepted.push
     try:
         await start_journey(
-            client, ctx.settings.task_queue, plan_for(push.msg_id, app.app_key, request, timing)
+            client,
+            ctx.settings.task_queue,
+            plan_for(push.msg_id, app.app_key, request, timing),
+            journey_labels(push.msg_id, request, timing, app.name),
         )
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
