@@ -189,6 +189,14 @@ class PushJourney:
         )
         self._set_state(final)
         self._show(funnel)
+        workflow.logger.info(
+            "push %s %s: %d of %d clicked (%d after a resend)",
+            plan.msg_id,
+            final.value,
+            funnel.clicked,
+            funnel.recipients,
+            funnel.clicked_after_resend,
+        )
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
 
     async def _run_timed(self, plan: JourneyPlan, carry: JourneyCarry) -> JourneyResult:
@@ -320,6 +328,7 @@ class PushJourney:
             )
         )
         self._show()
+        self._say(stage, r)
 
     async def _send(self, stage: int, scheduled_at: datetime, local: bool) -> None:
         started = workflow.now()
@@ -358,6 +367,7 @@ class PushJourney:
             )
         )
         self._show()
+        self._say(stage, result)
 
     async def _send_locally(self, inp: SendStageInput) -> SendStageResult | None:
         """One pass of a small stage inside this workflow task; None when the local attempts
@@ -411,6 +421,18 @@ class PushJourney:
             self._state = state
             workflow.upsert_search_attributes([STATE.value_set(state.value)])
             self._show()
+
+    def _say(self, stage: int, r: SendStageResult) -> None:
+        """The log's one line per stage (the worker's; never repeated on replay)."""
+        workflow.logger.info(
+            "push %s stage %d sent: %d of %d (%d failed, %d skipped)",
+            self._msg_id,
+            stage,
+            r.sent,
+            r.targeted,
+            r.failed,
+            r.skipped,
+        )
 
     def _show(self, funnel: Funnel | None = None) -> None:
         """The live funnel of the Temporal UI's "current details" (no command: replay-safe).
