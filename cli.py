@@ -35,14 +35,46 @@ secrets_cli = typer.Typer(
     "of RELANCE_SECRET_KEYS (newest first)."
 )
 main.add_typer(secrets_cli, name="secrets")
+push_cli = typer.Typer(
+    help="Pushes through the API: send one and follow its journey, its status, its report."
+)
+main.add_typer(push_cli, name="push")
 
 STATE_DIR = Path(".relance")
 DEV_APP_FILE = STATE_DIR / "dev-app.json"
 DEV_KEYS_FILE = STATE_DIR / "secret-keys"
 
 
-def _log() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+# `relance dev --verbose` sets it for every part it starts; `relance api/worker --verbose` too.
+VERBOSE_ENV = "RELANCE_VERBOSE"
+# Loggers that speak once per HTTP request, event batch or task: quiet unless --verbose.
+CHATTY = ("httpx", "httpcore", "aiohttp.access", "uvicorn.access", "temporalio.activity")
+
+
+def _verbose(flag: bool = False) -> bool:
+    return flag or os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def _log(verbose: bool = False) -> None:
+    """Quiet by default: one line per push and per stage (relance.journey), warnings and errors.
+    Verbose: every request, event batch and task, and the workflow context of each line."""
+    from temporalio import workflow
+
+    verbose = _verbose(verbose)
+    if verbose:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+        logging.getLogger("relance").setLevel(logging.DEBUG)
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
+        for name in CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # The journey's own lines (push accepted, stage sent, journey ended) without the
+        # workflow's context appended to each.
+        workflow.logger.workflow_info_on_message = False
     # Alembic's INFO lines ("Will assume non-transactional DDL") mislead: relance.migrate runs in
     # its own transaction, and `relance db upgrade` says what it did.
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -237,13 +269,17 @@ def db_revision(
 
 
 @main.command()
-def worker() -> None:
+def worker(
+    verbose: Annotated[
+        bool, typer.Option(help="Every request, event and task in the log.")
+    ] = False,
+) -> None:
     """Run the Temporal worker (TEMPORAL_ADDRESS, RELANCE_DATABASE_URL)."""
     import worker as worker_module
     from relance.sealing import BadKeys, SecretsLocked
     from relance.temporal_client import TemporalSettingsError
 
-    _log()
+    _log(verbose)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(worker_module.main())
@@ -252,7 +288,13 @@ def worker() -> None:
 
 
 @main.command()
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    verbose: Annotated[
+        bool, typer.Option(help="Every request, event and task in the log.")
+    ] = False,
+) -> None:
     """Run the HTTP API (OpenAPI docs at /docs)."""
     import uvicorn
 
@@ -260,12 +302,14 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     from relance.sealing import BadKeys, SecretsLocked
     from relance.temporal_client import TemporalSettingsError
 
-    _log()
+    verbose = _verbose(verbose)
+    _log(verbose)
     try:
         app = create_app()
     except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("api: not starting", exc) from None
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # The access log (one line per request) only when asked for.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=verbose)
 
 
 @main.command()
@@ -391,6 +435,12 @@ def dev(
     ui_port: int = 8233,
     simulator_port: int = 8100,
     worker_metrics_port: Annotated[int, typer.Option(help="Worker /metrics; 0: none.")] = 9464,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            help="Every HTTP request, event and task; default: one line per push and stage."
+        ),
+    ] = False,
 ) -> None:
     """Start everything on this machine: Temporal dev server (SQLite file, UI on :8233), the
     worker, the API on :8000 and the simulator on :8100. Ctrl-C stops it all."""
@@ -429,6 +479,7 @@ def dev(
         # Prometheus metrics on loopback: the API's at /metrics, the worker's on its own port.
         "RELANCE_WORKER_METRICS_PORT": str(worker_metrics_port),
         "RELANCE_WORKER_METRICS_HOST": "127.0.0.1",
+        VERBOSE_ENV: "1" if _verbose(verbose) else "",
     }
     me = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen[Any]] = []
@@ -558,6 +609,103 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
         f"{funnel['clicked_after_resend']} of them after a resend"
     )
     typer.echo(f"journey: {final['temporal_ui']}")
+
+
+# `relance push ...`: the API's client, credentials from options or the environment, else the
+# dev app's (what `relance dev` made).
+ApiUrl = Annotated[str | None, typer.Option(envvar="RELANCE_API_URL", help="The relance API.")]
+AppKey = Annotated[str | None, typer.Option(envvar="RELANCE_APP_KEY", help="appKey.")]
+MasterSecret = Annotated[
+    str | None, typer.Option(envvar="RELANCE_MASTER_SECRET", help="masterSecret.")
+]
+
+
+def _api_client(api_url: str | None, key: str | None, secret: str | None) -> httpx.Client:
+    settings = get_settings()
+    if not (key and secret):
+        key, secret = _dev_credentials(settings, create=False)
+    return httpx.Client(base_url=api_url or settings.api_url, auth=(key, secret), timeout=30)
+
+
+def _fail(response: httpx.Response, what: str) -> typer.Exit:
+    typer.echo(f"{what}: HTTP {response.status_code} {response.text}", err=True)
+    return typer.Exit(1)
+
+
+@push_cli.command("send")
+def push_send(
+    body: Annotated[Path, typer.Argument(help="The POST /v4/push body, a JSON file.")],
+    follow: Annotated[
+        bool, typer.Option(help="Show each stage's progress until the journey ends.")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between two looks.")] = 1.0,
+    api_url: ApiUrl = None,
+    app_key: AppKey = None,
+    master_secret: MasterSecret = None,
+) -> None:
+    """Send a push; with --follow, progress bars per stage (sent of targeted, delivered,
+    clicked) until the journey ends: exit 0 when it completed, 1 when it failed or was
+    cancelled."""
+    from relance import console
+
+    with _api_client(api_url, app_key, master_secret) as client:
+        accepted = client.post("/v4/push", json=json.loads(body.read_text()))
+        if accepted.status_code != 200:
+            raise _fail(accepted, "push refused")
+        out = console.terminal()
+        msg_id = accepted.json()["msg_id"]
+        out.print(console.accepted(accepted.json()))
+        if not follow:
+            return
+        status = console.follow(out, lambda: _get(client, f"/v4/push/{msg_id}", "status"), interval)
+        out.print(console.status_table(status))
+    if status["state"] != "completed":
+        raise typer.Exit(1)
+
+
+def _get(client: httpx.Client, path: str, what: str) -> dict[str, Any]:
+    response = client.get(path)
+    if response.status_code != 200:
+        raise _fail(response, what)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+@push_cli.command("status")
+def push_status(
+    msg_id: str, api_url: ApiUrl = None, app_key: AppKey = None, master_secret: MasterSecret = None
+) -> None:
+    """A push's state, next stage and funnel per stage, as a table."""
+    from relance import console
+
+    with _api_client(api_url, app_key, master_secret) as client:
+        status = _get(client, f"/v4/push/{msg_id}", "status")
+    console.terminal().print(console.status_table(status))
+
+
+@push_cli.command("report")
+def push_report(
+    msg_id: str, api_url: ApiUrl = None, app_key: AppKey = None, master_secret: MasterSecret = None
+) -> None:
+    """Rates per stage and variant, and the lift of each resend over its holdout
+    (GET /v4/push/{msg_id}/report); on a server without reports, the funnel."""
+    from relance import console
+
+    out = console.terminal()
+    with _api_client(api_url, app_key, master_secret) as client:
+        response = client.get(f"/v4/push/{msg_id}/report")
+        if response.status_code == 200:
+            out.print(console.report_table(response.json()))
+            return
+        if response.status_code != 404 or "no route" not in response.text:
+            raise _fail(response, "report")  # e.g. a push this app does not have
+        # The route itself is missing: a server from before reports.
+        status = _get(client, f"/v4/push/{msg_id}", "status")
+    out.print(
+        "[yellow]This server has no report route (GET /v4/push/{id}/report answered 404): "
+        "showing the funnel instead.[/yellow]"
+    )
+    out.print(console.status_table(status))
 
 
 if __name__ == "__main__":

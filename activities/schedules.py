@@ -7,6 +7,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from relance import ledger
+from relance.describe import journey_labels
 from relance.journey import plan_for
 from relance.scheduling import (
     FireInput,
@@ -54,4 +55,10 @@ class ScheduleActivities:
         # The app's when-and-how-often policy applies as to any push (quiet hours, caps, ...).
         app = ledger.get_app(self.engine, inp.app_key)
         timing = timing_for(ledger.policy_of(app), request.body.options.overrides())
-        return FireResult(msg_id=msg_id, plan=plan_for(msg_id, inp.app_key, request, timing))
+        labels = journey_labels(msg_id, request, timing, app.name)
+        return FireResult(
+            msg_id=msg_id,
+            plan=plan_for(msg_id, inp.app_key, request, timing),
+            summary=labels.summary,
+            details=labels.details,
+        )

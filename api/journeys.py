@@ -14,6 +14,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from relance import ledger
 from relance.db import utcnow
+from relance.describe import JourneyLabels, journey_labels
 from relance.journey import JourneyInput, JourneyPlan, JourneyResult, plan_for
 from relance.models import PushRequest
 from relance.settings import Settings
@@ -26,9 +27,10 @@ def workflow_id(msg_id: str) -> str:
 
 
 async def start_journey(
-    client: Client, task_queue: str, plan: JourneyPlan
+    client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels | None = None
 ) -> WorkflowHandle[PushJourney, JourneyResult]:
-    """Start PushJourney; a retried request reuses the running journey instead of a second one."""
+    """Start PushJourney; a retried request reuses the running journey instead of a second one.
+    `labels`: what the Temporal UI shows of it (relance.describe.journey_labels)."""
     return await client.start_workflow(
         PushJourney.run,
         JourneyInput(plan=plan),
@@ -37,6 +39,8 @@ async def start_journey(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=search_attributes(plan.msg_id, plan.app_key, JourneyState.sending),
+        static_summary=labels.summary if labels else None,
+        static_details=labels.details if labels else None,
     )
 
 
@@ -65,7 +69,10 @@ async def repair_journeys(
         request = PushRequest.model_validate(push.request)
         try:
             await start_journey(
-                client, settings.task_queue, plan_for(push.msg_id, push.app_key, request)
+                client,
+                settings.task_queue,
+                plan_for(push.msg_id, push.app_key, request),
+                journey_labels(push.msg_id, request),
             )
         except WorkflowAlreadyStartedError:
             pass  # it ran to its end

@@ -17,4 +17,11 @@ async def wake_forwarder(client: Client, task_queue: str, app_key: str) -> None:
         id=forwarder_id(app_key),
         task_queue=task_queue,
         start_signal="wake",
+        static_summary=f"Callbacks of app {app_key}: deliver status events, retry, dead-letter",
+        static_details=(
+            f"Delivers the status events of app `{app_key}` to its callback URLs in "
+            "EngageLab's callback shape, signed; retries at 10 s, 1 min, 5 min, 30 min, 1 h; "
+            "then dead letters (`GET /v4/callbacks/dead`). Ends when idle; the next event "
+            "starts it again."
+        ),
     )

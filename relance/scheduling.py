@@ -326,3 +326,6 @@ class FireResult(BaseModel):
     plan: JourneyPlan | None = None
     # Why the firing made no push: off the trigger's cadence, schedule deleted, no audience...
     skipped: str | None = None
+    # What the Temporal UI shows of the journey (relance.describe.journey_labels).
+    summary: str | None = None
+    details: str | None = None

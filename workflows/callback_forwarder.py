@@ -13,6 +13,12 @@ with workflow.unsafe.imports_passed_through():
 ROUNDS_PER_RUN = 500
 
 
+def _wait_summary(result: DeliverResult) -> str:
+    if result.next_due is None:
+        return "idle: end unless new callbacks come"
+    return "until the next retry at " + result.next_due.strftime("%H:%M:%SZ")
+
+
 @workflow.defn
 class CallbackForwarder:
     def __init__(self) -> None:
@@ -35,6 +41,7 @@ class CallbackForwarder:
                 # A worker that dies mid-round is noticed in seconds, not at the 5-minute mark.
                 heartbeat_timeout=timedelta(seconds=20),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                summary="deliver the due callbacks",
             )
             if self._woken:
                 continue
@@ -42,8 +49,14 @@ class CallbackForwarder:
                 wait = timedelta(seconds=inp.idle_seconds)
             else:
                 wait = max(result.next_due - workflow.now(), timedelta(0))
+            workflow.set_current_details(
+                f"last round: {result.delivered} delivered, {result.failed} to retry, "
+                f"{result.dead} dead"
+            )
             try:
-                await workflow.wait_condition(lambda: self._woken, timeout=wait)
+                await workflow.wait_condition(
+                    lambda: self._woken, timeout=wait, timeout_summary=_wait_summary(result)
+                )
             except TimeoutError:
                 if result.next_due is None:
                     return

@@ -16,8 +16,17 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.audience import AudienceActivities
     from activities.journey import JourneyActivities
+    from relance.describe import (
+        FunnelRow,
+        Totals,
+        funnel_details,
+        send_summary,
+        slot_summary,
+        wait_summary,
+    )
     from relance.journey import (
         FinishInput,
+        Funnel,
         JourneyCarry,
         JourneyInput,
         JourneyPlan,
@@ -81,6 +90,7 @@ class PushJourney:
         self._next_stage_at: datetime | None = None
         self._signals_per_run = 5_000
         self._slots: list[Slot] = []  # a timed journey's release slots still to send
+        self._condition: str | None = None  # the trigger's, for the timeline's labels
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -110,6 +120,7 @@ class PushJourney:
     async def run(self, inp: JourneyInput) -> JourneyResult:
         plan = inp.plan
         self._msg_id, self._signals_per_run = plan.msg_id, plan.signals_per_run
+        self._condition = plan.condition
         carry = inp.carry or JourneyCarry(next_stage=0, progress=Progress(), stages=[])
         self._progress, self._stages = carry.progress, list(carry.stages)
         self._cancelled = self._cancelled or carry.cancelled
@@ -127,6 +138,7 @@ class PushJourney:
                     start_to_close_timeout=timedelta(hours=2),
                     heartbeat_timeout=timedelta(seconds=30),
                     retry_policy=SEND_RETRY,
+                    summary="materialise the audience (tags, aliases or all)",
                 )
             await self._send(0, sent_at, plan.local_send)
             self._next_stage = 1
@@ -136,7 +148,12 @@ class PushJourney:
             stage = self._next_stage
             self._next_stage_at = sent_at + timedelta(seconds=offsets[stage - 1])
             self._set_state(JourneyState.waiting)
-            waited = await self._wait_until(self._next_stage_at)
+            waited = await self._wait_until(
+                self._next_stage_at,
+                wait_summary(
+                    stage, self._next_stage_at, plan.condition, plan.within_seconds, stage == 1
+                ),
+            )
             if waited is Wait.continue_as_new:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 carry = JourneyCarry(
@@ -168,8 +185,18 @@ class PushJourney:
             FinishInput(msg_id=plan.msg_id, state=final, error=self._error),
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=SEND_RETRY,
+            summary=f"finish: {final.value}, write the final funnel",
         )
         self._set_state(final)
+        self._show(funnel)
+        workflow.logger.info(
+            "push %s %s: %d of %d clicked (%d after a resend)",
+            plan.msg_id,
+            final.value,
+            funnel.clicked,
+            funnel.recipients,
+            funnel.clicked_after_resend,
+        )
         return JourneyResult(state=final, stages=self._stages, funnel=funnel)
 
     async def _run_timed(self, plan: JourneyPlan, carry: JourneyCarry) -> JourneyResult:
@@ -188,6 +215,7 @@ class PushJourney:
                     start_to_close_timeout=timedelta(hours=2),
                     heartbeat_timeout=timedelta(seconds=30),
                     retry_policy=SEND_RETRY,
+                    summary="materialise the audience (tags, aliases or all)",
                 )
             zones = None
             if timing.by_zone:
@@ -196,6 +224,7 @@ class PushJourney:
                     PlanZonesInput(msg_id=plan.msg_id, default_zone=timing.zone),
                     start_to_close_timeout=timedelta(minutes=30),
                     retry_policy=SEND_RETRY,
+                    summary="plan release slots by the recipients' time zones",
                 )
             offsets = [timedelta(seconds=o) for o in plan.stage_offsets_seconds]
             self._slots = timeline(timing, zones, start, offsets)
@@ -206,7 +235,9 @@ class PushJourney:
             self._next_stage, self._next_stage_at = slot.stage, slot.at
             if slot.at > workflow.now():
                 self._set_state(JourneyState.waiting)
-                waited = await self._wait_until(slot.at)
+                waited = await self._wait_until(
+                    slot.at, slot_summary(slot.stage, slot.at, slot.held)
+                )
                 if waited is Wait.continue_as_new:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     carry = JourneyCarry(
@@ -252,6 +283,8 @@ class PushJourney:
                 start_to_close_timeout=timedelta(hours=2),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=SEND_RETRY,
+                summary=send_summary(slot.stage, plan.condition)
+                + (" (held slot)" if slot.held else ""),
             )
             self._take(result.progress)
             if result.config_error and result.sent == 0:
@@ -262,7 +295,10 @@ class PushJourney:
             wait = result.retry_in or 0.0
             if timing.throttle_per_minute is not None:
                 wait = max(wait, 60 - (workflow.now() - began).total_seconds())
-            await workflow.sleep(timedelta(seconds=max(wait, 1.0)))
+            await workflow.sleep(
+                timedelta(seconds=max(wait, 1.0)),
+                summary=f"throttle: next slice of stage {slot.stage}",
+            )
 
     def _record(
         self, stage: int, scheduled_at: datetime, began: datetime, r: SendStageResult
@@ -278,6 +314,7 @@ class PushJourney:
                         "skipped": r.skipped,
                     }
                 )
+                self._show()
                 return
         self._stages.append(
             StageSummary(
@@ -290,6 +327,8 @@ class PushJourney:
                 skipped=r.skipped,
             )
         )
+        self._show()
+        self._say(stage, r)
 
     async def _send(self, stage: int, scheduled_at: datetime, local: bool) -> None:
         started = workflow.now()
@@ -299,7 +338,10 @@ class PushJourney:
             result = await self._send_locally(inp)
             if result is not None and result.pending:
                 if result.retry_in:  # a provider asked to wait: a durable timer, not a busy task
-                    await workflow.sleep(timedelta(seconds=result.retry_in))
+                    await workflow.sleep(
+                        timedelta(seconds=result.retry_in),
+                        summary=f"stage {stage}: the provider asked to wait",
+                    )
                 result = None  # the regular activity sends what is left
         if result is None:
             result = await workflow.execute_activity_method(
@@ -308,6 +350,7 @@ class PushJourney:
                 start_to_close_timeout=timedelta(hours=2),
                 heartbeat_timeout=timedelta(seconds=15),
                 retry_policy=SEND_RETRY,
+                summary=send_summary(stage, self._condition),
             )
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
@@ -323,6 +366,8 @@ class PushJourney:
                 skipped=result.skipped,
             )
         )
+        self._show()
+        self._say(stage, result)
 
     async def _send_locally(self, inp: SendStageInput) -> SendStageResult | None:
         """One pass of a small stage inside this workflow task; None when the local attempts
@@ -333,11 +378,12 @@ class PushJourney:
                 inp.model_copy(update={"one_pass": True}),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=LOCAL_SEND_RETRY,
+                summary=send_summary(inp.stage, self._condition) + " (local)",
             )
         except ActivityError:
             return None
 
-    async def _wait_until(self, until: datetime) -> Wait:
+    async def _wait_until(self, until: datetime, summary: str) -> Wait:
         """Sleep until `until`, waking early to stop or to continue-as-new."""
         while True:
             if self._cancelled or self._error or self._all_stopped():
@@ -349,6 +395,7 @@ class PushJourney:
                 await workflow.wait_condition(
                     lambda: self._cancelled or self._all_stopped() or self._must_continue(),
                     timeout=timedelta(seconds=remaining),
+                    timeout_summary=summary,
                 )
             except TimeoutError:
                 return Wait.due
@@ -358,6 +405,7 @@ class PushJourney:
     def _take(self, progress: Progress) -> None:
         if progress.seq > self._progress.seq:
             self._progress = progress
+            self._show()
 
     def _all_stopped(self) -> bool:
         p = self._progress
@@ -372,3 +420,53 @@ class PushJourney:
         if state != self._state:
             self._state = state
             workflow.upsert_search_attributes([STATE.value_set(state.value)])
+            self._show()
+
+    def _say(self, stage: int, r: SendStageResult) -> None:
+        """The log's one line per stage (the worker's; never repeated on replay)."""
+        workflow.logger.info(
+            "push %s stage %d sent: %d of %d (%d failed, %d skipped)",
+            self._msg_id,
+            stage,
+            r.sent,
+            r.targeted,
+            r.failed,
+            r.skipped,
+        )
+
+    def _show(self, funnel: Funnel | None = None) -> None:
+        """The live funnel of the Temporal UI's "current details" (no command: replay-safe).
+        Per-stage deliveries and clicks come with the final funnel; until then, the totals."""
+        p = self._progress
+        if funnel is not None:
+            rows = [
+                FunnelRow(
+                    stage=s.stage,
+                    targeted=s.targeted,
+                    sent=s.sent,
+                    failed=s.failed,
+                    skipped=s.skipped,
+                    delivered=s.delivered,
+                    clicked=s.clicked,
+                    deferred=s.deferred,
+                )
+                for s in funnel.stages
+            ]
+            totals = Totals(
+                funnel.recipients, funnel.delivered, funnel.displayed, funnel.clicked, funnel.failed
+            )
+        else:
+            rows = [
+                FunnelRow(s.stage, s.targeted, s.sent, s.failed, s.skipped) for s in self._stages
+            ]
+            totals = Totals(p.recipients, p.delivered, p.displayed, p.clicked, p.failed)
+        workflow.set_current_details(
+            funnel_details(
+                self._state.value,
+                rows,
+                totals,
+                self._next_stage if self._next_stage_at is not None else None,
+                self._next_stage_at,
+                self._error,
+            )
+        )

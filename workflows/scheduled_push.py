@@ -47,9 +47,14 @@ class ScheduledPush:
             ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            summary=f"fire schedule {inp.schedule_id} ({key}): accept its push",
         )
         if result.plan is None:
+            workflow.set_current_details(f"no push: {result.skipped}")
             return result
+        workflow.set_current_details(
+            f"push `{result.plan.msg_id}`: its journey is `push-{result.plan.msg_id}`"
+        )
         try:
             await workflow.start_child_workflow(
                 PushJourney.run,
@@ -61,6 +66,8 @@ class ScheduledPush:
                 search_attributes=search_attributes(
                     result.plan.msg_id, result.plan.app_key, JourneyState.sending
                 ),
+                static_summary=result.summary,
+                static_details=result.details,
             )
         except WorkflowAlreadyStartedError:
             pass  # this push's journey already runs: the firing's work is done

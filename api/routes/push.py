@@ -1,5 +1,6 @@
 """POST /v4/push and friends: accept a push, start its journey, query and stop it."""
 
+import logging
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
@@ -14,6 +15,7 @@ from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
 from relance.db import App, utcnow
+from relance.describe import journey_labels
 from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.ledger.apps import policy_of
 from relance.models import PushAccepted, PushRequest
@@ -23,6 +25,7 @@ from relance.timing import Timing, timing_for
 from workflows.push_journey import PushJourney
 
 router = APIRouter(tags=["push"])
+log = logging.getLogger("relance.api")
 
 
 class PushValidated(BaseModel):
@@ -157,9 +160,13 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     await check_urls(ctx, request.callback_url or [], "callback_url")
     accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
     push = accepted.push
+    labels = journey_labels(push.msg_id, request, timing, app.name)
     try:
         await start_journey(
-            client, ctx.settings.task_queue, plan_for(push.msg_id, app.app_key, request, timing)
+            client,
+            ctx.settings.task_queue,
+            plan_for(push.msg_id, app.app_key, request, timing),
+            labels,
         )
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
@@ -168,6 +175,8 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
             # No request_id to retry with: leave nothing half-done behind.
             await run_in_threadpool(ledger.forget_push, ctx.engine, push.msg_id)
         raise ApiError(503, f"could not start the journey, retry the same request: {exc}") from exc
+    if accepted.created:
+        log.info("push %s accepted: %s", push.msg_id, labels.summary)
     sent_at = utcnow() if accepted.created else push.created_at
     return PushAccepted(
         msg_id=push.msg_id,

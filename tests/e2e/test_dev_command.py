@@ -75,6 +75,7 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
     env.pop("RELANCE_DATABASE_URL", None)
     env.pop("RELANCE_SECRET_KEYS", None)  # relance dev makes its own on first start
     proc = start_dev(tmp_path, env, ports)
+    up = (tmp_path / "dev.log").read_text()
     try:
         demo = subprocess.run(
             [sys.executable, "-m", "cli", "demo", "--devices", "40"],
@@ -88,6 +89,16 @@ async def test_dev_demo_ctrl_c_and_restart_keeps_journeys(tmp_path: Path) -> Non
         assert re.search(r"^\s+2\s+\d+", demo.stdout, re.M), demo.stdout  # stage 2 was sent
         msg_id = re.search(r"msg_id (\d+)", demo.stdout).group(1)  # type: ignore[union-attr]
         assert f"/workflows/push-{msg_id}" in demo.stdout
+        # Quiet by default: a line per push and per stage, none per request or event batch.
+        time.sleep(1)
+        during = (tmp_path / "dev.log").read_text()[len(up) :]
+        assert re.search(rf"push {msg_id} accepted: Push \d+… · 40 devices", during), during
+        assert f"push {msg_id} stage 0 sent: 40 of 40" in during, during
+        for stage in (1, 2):  # to whoever had not clicked
+            assert re.search(rf"push {msg_id} stage {stage} sent: \d+ of \d+", during), during
+        assert f"push {msg_id} completed: " in during, during
+        assert "HTTP Request" not in during and "/v4/events" not in during, during
+        assert len(during.splitlines()) < 15, during
         # The worker's metrics port: relance's sends and the Temporal SDK's own series.
         scrape = parse(httpx.get(f"http://127.0.0.1:{ports['worker-metrics']}/metrics").text)
         assert value(scrape, "relance_sends_total", provider="simulator", outcome="ok") >= 40
