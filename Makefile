@@ -21,6 +21,7 @@ demo: install
 
 test: install
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -rs
 
 # The fuzz test of `make test`, longer: 100 cases per operation (README, "Fuzzing").

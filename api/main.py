@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict
 from temporalio.client import Client
 
-from api import errors
+from api import dashboard, errors
 from api.deps import AuthCache, Context
 from api.journeys import repair_journeys_forever
 from api.limits import RequestLimits
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(unsupported.router)
     app.include_router(policy.router)
     app.include_router(schedules.router)
+    # The operator's pages (HTML, signed-in by a session cookie; not in the OpenAPI document).
+    dashboard.install(app, settings)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:

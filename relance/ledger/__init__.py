@@ -34,14 +34,24 @@ from relance.ledger.devices import (
     upsert_devices,
 )
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
-from relance.ledger.funnel import funnel, progress
-from relance.ledger.providers import delete_provider, provider_configs, set_provider
+from relance.ledger.funnel import StageSlot, funnel, progress, stage_slots
+from relance.ledger.outbox import push_callbacks
+from relance.ledger.providers import (
+    InvalidatedTokens,
+    SendError,
+    delete_provider,
+    invalidated_tokens,
+    provider_configs,
+    recent_send_errors,
+    set_provider,
+)
 from relance.ledger.pushes import (
     Accepted,
     accept_push,
     find_push_by_request,
     forget_push,
     get_push,
+    list_pushes,
     new_msg_id,
     set_state,
     unfinished_pushes,
@@ -129,6 +139,14 @@ __all__ = [
     "finish_materialise",
     "forget_push",
     "funnel",
+    "list_pushes",
+    "recent_send_errors",
+    "invalidated_tokens",
+    "SendError",
+    "InvalidatedTokens",
+    "push_callbacks",
+    "stage_slots",
+    "StageSlot",
     "get_app",
     "get_push",
     "has_audience",

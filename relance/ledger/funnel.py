@@ -1,6 +1,9 @@
 """What a push achieved: the recipient-level progress a journey waits on, and the funnel per
 stage that the API and the journey's result report."""
 
+from datetime import datetime
+
+from pydantic import BaseModel
 from sqlalchemy import case, exists, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
@@ -116,3 +119,46 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
         stages=stages,
         clicked_after_resend=int(added),
     )
+
+
+class StageSlot(BaseModel):
+    """The deliveries of one stage that go (or went) at one time: held ones at their release
+    time, the others at `held_until` None."""
+
+    stage: int
+    held_until: datetime | None
+    deliveries: int
+    sent: int
+    first_sent_at: datetime | None
+    last_sent_at: datetime | None
+
+
+def stage_slots(engine: Engine, msg_id: str) -> list[StageSlot]:
+    """When each stage actually went, slot by slot (quiet hours and local time hold some
+    recipients until a later slot): what a timeline draws against the planned times."""
+    d = Delivery
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            sa_select(
+                col(d.stage),
+                col(d.held_until),
+                func.count(),
+                func.count(col(d.sent_at)),
+                func.min(col(d.sent_at)),
+                func.max(col(d.sent_at)),
+            )
+            .where(col(d.msg_id) == msg_id)
+            .group_by(col(d.stage), col(d.held_until))
+            .order_by(col(d.stage), col(d.held_until))
+        ).all()
+    return [
+        StageSlot(
+            stage=stage,
+            held_until=held,
+            deliveries=n,
+            sent=sent,
+            first_sent_at=first,
+            last_sent_at=last,
+        )
+        for stage, held, n, sent, first, last in rows
+    ]

@@ -249,3 +249,27 @@ def oldest_rows(engine: Engine, batch_ids: list[int]) -> dict[int, datetime]:
             .group_by(col(CallbackRow.batch_id))
         ).all()
     return {batch_id: utc(created) for batch_id, created in rows if batch_id is not None}
+
+
+def push_callbacks(engine: Engine, app_key: str, msg_id: str) -> dict[str, int]:
+    """The push's callback rows by where they stand: `queued` (not yet in a batch),
+    `retrying` (in a batch that failed at least once and will be tried again), `pending`,
+    `delivered`, `dead`."""
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            select(col(CallbackBatch.state), col(CallbackBatch.attempts) > 0, func.count())
+            .select_from(CallbackRow)
+            .outerjoin(CallbackBatch, col(CallbackBatch.id) == col(CallbackRow.batch_id))
+            .where(col(CallbackRow.app_key) == app_key, col(CallbackRow.msg_id) == msg_id)
+            .group_by(col(CallbackBatch.state), col(CallbackBatch.attempts) > 0)
+        ).all()
+    out = {"queued": 0, "pending": 0, "retrying": 0, "delivered": 0, "dead": 0}
+    for state, tried, n in rows:
+        if state is None:
+            key = "queued"
+        elif state == CallbackBatchState.pending:
+            key = "retrying" if tried else "pending"
+        else:
+            key = str(state)
+        out[key] = out.get(key, 0) + int(n)
+    return out

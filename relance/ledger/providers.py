@@ -1,12 +1,16 @@
 """Provider configurations: which provider reaches which of an app's platforms, with what
 credentials (never returned by the API, never passed to a workflow)."""
 
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+from sqlalchemy import and_, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from relance.db import ProviderConfig, reading, utcnow
+from relance.db import Delivery, Device, ProviderConfig, Push, Recipient, reading, utcnow
 
 
 def set_provider(
@@ -54,3 +58,74 @@ def delete_provider(engine: Engine, app_key: str, provider: str) -> bool:
         session.delete(config)
         session.commit()
         return True
+
+
+class SendError(BaseModel):
+    msg_id: str
+    stage: int
+    registration_id: str
+    platform: str
+    error: str | None
+    failed_at: datetime
+
+
+class InvalidatedTokens(BaseModel):
+    platform: str
+    count: int
+    last_reason: str | None
+
+
+def recent_send_errors(
+    engine: Engine, app_key: str, pushed_since: datetime, limit: int = 20
+) -> list[SendError]:
+    """The app's latest failed sends, newest first, among its pushes made since
+    `pushed_since` (which bounds the read), each with its recipient's platform."""
+    d, r, p = Delivery, Recipient, Push
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            sa_select(
+                col(d.msg_id),
+                col(d.stage),
+                col(d.registration_id),
+                col(r.platform),
+                col(d.error),
+                col(d.failed_at),
+            )
+            .join(p, col(p.msg_id) == col(d.msg_id))
+            .join(
+                r,
+                and_(
+                    col(r.msg_id) == col(d.msg_id),
+                    col(r.registration_id) == col(d.registration_id),
+                ),
+            )
+            .where(
+                col(p.app_key) == app_key,
+                col(p.created_at) >= pushed_since,
+                col(d.failed_at).is_not(None),
+            )
+            .order_by(col(d.failed_at).desc())
+            .limit(limit)
+        ).all()
+    return [
+        SendError(msg_id=m, stage=s, registration_id=rid, platform=pf, error=e, failed_at=at)
+        for m, s, rid, pf, e, at in rows
+    ]
+
+
+def invalidated_tokens(engine: Engine, app_key: str, since: datetime) -> list[InvalidatedTokens]:
+    """Per platform, the app's device tokens a provider declared dead since `since` (a
+    device that registered again since then is valid again and not counted)."""
+    dv = Device
+    with Session(reading(engine)) as session:
+        rows = session.execute(
+            sa_select(col(dv.platform), func.count(), func.max(col(dv.invalid_reason)))
+            .where(
+                col(dv.app_key) == app_key,
+                col(dv.valid).is_(False),
+                col(dv.updated_at) >= since,
+            )
+            .group_by(col(dv.platform))
+            .order_by(col(dv.platform))
+        ).all()
+    return [InvalidatedTokens(platform=pf, count=n, last_reason=reason) for pf, n, reason in rows]

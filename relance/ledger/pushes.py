@@ -261,3 +261,23 @@ def journeys_by_state(engine: Engine) -> dict[str, int]:
     with Session(reading(engine)) as session:
         rows = session.execute(select(Push.state, func.count()).group_by(Push.state)).all()
     return {state: int(n) for state, n in rows}
+
+
+def list_pushes(
+    engine: Engine,
+    app_key: str,
+    state: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+) -> list[Push]:
+    """The app's pushes, newest first: in `state` when given, created in [since, until)."""
+    query = select(Push).where(col(Push.app_key) == app_key)
+    if state is not None:
+        query = query.where(col(Push.state) == state)
+    if since is not None:
+        query = query.where(col(Push.created_at) >= since)
+    if until is not None:
+        query = query.where(col(Push.created_at) < until)
+    with Session(reading(engine)) as session:
+        return list(session.exec(query.order_by(col(Push.created_at).desc()).limit(limit)))
