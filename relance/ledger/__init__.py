@@ -35,6 +35,7 @@ from relance.ledger.devices import (
 )
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
 from relance.ledger.funnel import funnel, progress
+from relance.ledger.groups import assign_groups
 from relance.ledger.providers import delete_provider, provider_configs, set_provider
 from relance.ledger.pushes import (
     Accepted,
@@ -74,6 +75,7 @@ from relance.ledger.tags import (
 )
 
 __all__ = [
+    "assign_groups",
     "DeviceInfo",
     "DeviceStatus",
     "Limits",
