@@ -31,15 +31,13 @@ HISTORIES = Path(__file__).parent.parent / "histories"
 DEVICES = [f"dev-{i:02d}" for i in range(40)]
 
 
-async def start(stack: Stack, body: dict[str, Any]) -> str:
+async def start(stack: Stack, body: dict[str, Any], **options: Any) -> str:
     devices = [{"registration_id": rid} for rid in DEVICES]
     (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+    notification = {"android": {"alert": "Flash sale", "title": "Hi"}}
     payload = {
         "to": {"registration_id": DEVICES},
-        "body": {
-            "platform": "android",
-            "notification": {"android": {"alert": "Flash sale", "title": "Hi"}},
-        },
+        "body": {"platform": "android", "notification": notification, "options": options},
         **body,
     }
     response = await stack.api.post("/v4/push", json=payload)
@@ -261,3 +259,37 @@ async def test_a_journey_continued_as_new_while_observing_keeps_its_deadline(
 async def _continued(handle: WorkflowHandle[Any, Any]) -> bool:
     description = await handle.describe()
     return bool(description.status == WorkflowExecutionStatus.CONTINUED_AS_NEW)
+
+
+async def test_a_timed_journey_holds_out_and_splits_too(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    # A throttle makes the journey timed (release slots): groups are decided there as well.
+    behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "1h"},
+        "stages": [{"after": "1h"}],
+        "holdout": 0.3,
+        "observe": "10m",
+    }
+    variants = [
+        {"name": "A", "weight": 1, "notification": {"alert": "alpha"}},
+        {"name": "B", "weight": 1, "notification": {"alert": "beta"}},
+    ]
+    async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
+        msg_id = await start(
+            stack, {"variants": variants, "resend": resend}, throttle_per_minute=10_000
+        )
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await eventually(lambda: stages_done(time_env, msg_id, 1))
+        await time_env.sleep(timedelta(hours=2, minutes=11))
+        result: JourneyResult = await handle.result()
+        got0, got1 = received(stack, msg_id, 0), received(stack, msg_id, 1)
+        await replay_and_record(handle, "timed")
+
+    split = Split(("A", "B"), (1.0, 1.0))
+    for rid, message in got0.items():
+        assert message["alert"] == {"A": "alpha", "B": "beta"}[variant(msg_id, rid, split)]
+    out = {r for r in DEVICES if held_out(msg_id, r, 1, 0.3)}
+    assert set(got1) == set(DEVICES) - out
+    assert result.stages[1].held_out == len(out)
