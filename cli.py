@@ -182,9 +182,10 @@ def simulator(
         float,
         typer.Option(
             envvar="RELANCE_SIMULATOR_BASELINE",
-            help="Chance that a device clicks on its own after stage 0, whatever it is sent.",
+            help="Chance that a device clicks on its own after stage 0, whatever it is sent "
+            "(`relance dev` plays 0.1).",
         ),
-    ] = 0.1,
+    ] = 0.0,
     baseline_half_life: Annotated[
         float,
         typer.Option(
@@ -340,6 +341,9 @@ def dev(
         "RELANCE_CALLBACK_ALLOWED_NETWORKS": os.environ.get(
             "RELANCE_CALLBACK_ALLOWED_NETWORKS", '["127.0.0.0/8", "::1/128"]'
         ),
+        # The dev simulator's devices also click on their own (the demo's holdouts then see
+        # clicks too); a bare `relance simulator`'s do not.
+        "RELANCE_SIMULATOR_BASELINE": os.environ.get("RELANCE_SIMULATOR_BASELINE", "0.1"),
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
         # Prometheus metrics on loopback: the API's at /metrics, the worker's on its own port.
