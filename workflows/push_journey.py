@@ -191,8 +191,16 @@ class PushJourney:
             return
         for i, group in enumerate(groups):
             at = scheduled_at + timedelta(seconds=group.delay_seconds)
-            if at > workflow.now():
-                await workflow.sleep(at - workflow.now())
+            if at > workflow.now():  # a durable timer; a cancel or a failure stops the rest
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._cancelled or self._error is not None,
+                        timeout=at - workflow.now(),
+                    )
+                except TimeoutError:
+                    pass
+            if self._cancelled or self._error:
+                return
             await self._send(stage, scheduled_at, plan.local_send, group.variants, first=i == 0)
 
     async def _finish(self, plan: JourneyPlan) -> JourneyResult:

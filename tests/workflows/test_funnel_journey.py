@@ -293,3 +293,31 @@ async def test_a_timed_journey_holds_out_and_splits_too(
     out = {r for r in DEVICES if held_out(msg_id, r, 1, 0.3)}
     assert set(got1) == set(DEVICES) - out
     assert result.stages[1].held_out == len(out)
+
+
+async def test_a_cancel_during_a_variants_delay_sends_it_to_nobody(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
+    variants = [
+        {"name": "now", "weight": 1, "notification": {"alert": "now"}},
+        {"name": "later", "weight": 1, "notification": {"alert": "later"}, "delay": "1h"},
+    ]
+    resend = {"trigger": {"condition": "not_clicked", "within": "2h"}, "stages": [{"after": "1h"}]}
+    async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
+        msg_id = await start(stack, {"variants": variants, "resend": resend})
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        split = Split(("now", "later"), (1.0, 1.0))
+        now = {r for r in DEVICES if variant(msg_id, r, split) == "now"}
+        await eventually(lambda: set(received(stack, msg_id, 0)) == now)
+        response = await stack.api.delete(f"/v4/push/{msg_id}")
+        assert response.status_code == 200, response.text
+        result: JourneyResult = await handle.result()
+        await time_env.sleep(timedelta(hours=2))
+        got = received(stack, msg_id, 0)
+
+    assert result.state == "cancelled"
+    assert set(got) == now  # "later" was never sent
+    assert {d.status for r, d in deliveries(stack, msg_id, 0).items() if r not in now} == {
+        "pending"
+    }
