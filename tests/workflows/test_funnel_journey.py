@@ -162,6 +162,11 @@ async def test_variants_content_and_delay_reach_devices_and_the_last_stage_is_ob
         status: JourneyStatus = await handle.query(PushJourney.status)
         assert status.state == "waiting" and status.observe_until is not None
         assert status.next_stage is None  # no stage left: observing
+        shown = (await stack.api.get(f"/v4/push/{msg_id}")).json()
+        assert (shown["state"], shown["observe_until"]) == (
+            "waiting",
+            status.observe_until.isoformat().replace("+00:00", "Z"),
+        )
         await time_env.sleep(timedelta(hours=2, minutes=1))
         result: JourneyResult = await handle.result()
         stage1 = deliveries(stack, msg_id, 1)
