@@ -323,9 +323,33 @@ def simulator(
     min_delay_ms: int = 50,
     max_delay_ms: int = 800,
     send_latency_ms: int = 0,
+    baseline: Annotated[
+        float,
+        typer.Option(
+            envvar="RELANCE_SIMULATOR_BASELINE",
+            help="Chance that a device clicks on its own after stage 0, whatever it is sent "
+            "(`relance dev` plays 0.1).",
+        ),
+    ] = 0.0,
+    baseline_half_life: Annotated[
+        float,
+        typer.Option(
+            envvar="RELANCE_SIMULATOR_BASELINE_HALF_LIFE",
+            help="Seconds: the own click's chance halves every this long (decay).",
+        ),
+    ] = 30.0,
+    effect: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="RELANCE_SIMULATOR_EFFECTS",
+            help='The click chance a received stage causes: "1=0.05" (stage 1), "1:B=0.08" '
+            "(stage 1, variant B); repeatable. Default: p_display x p_click of the stage.",
+        ),
+    ] = None,
 ) -> None:
     """Run the device simulator; it reports events with RELANCE_SIMULATOR_APP_KEY/_MASTER_SECRET
-    (or the dev app's credentials)."""
+    (or the dev app's credentials). It knows the truth of the funnel: devices' own clicks
+    (baseline, decaying) and what each stage and variant causes (GET /v1/truth)."""
     import uvicorn
 
     from relance.simulator import Behaviour, create_simulator_app, http_reporter
@@ -340,9 +364,26 @@ def simulator(
         min_delay_ms=min_delay_ms,
         max_delay_ms=max_delay_ms,
         send_latency_ms=send_latency_ms,
+        baseline=baseline,
+        baseline_half_life_s=baseline_half_life,
+        effects=_effects(effect or []),
     )
     sim = create_simulator_app(behaviour, http_reporter(get_settings().api_url, key, secret))
     uvicorn.run(sim, host=host, port=port, log_level="warning")
+
+
+def _effects(specs: list[str]) -> dict[str, float]:
+    """ "1=0.05" or "1:B=0.08" (several also comma- or space-separated, as from an env var)."""
+    out: dict[str, float] = {}
+    for spec in (part for s in specs for part in s.replace(",", " ").split()):
+        key, sep, value = spec.partition("=")
+        stage = key.split(":")[0]
+        if not sep or not stage.isdigit():
+            raise typer.BadParameter(f"{spec!r}: expected STAGE=P or STAGE:VARIANT=P")
+        out[key] = float(value)
+        if not 0 <= out[key] <= 1:
+            raise typer.BadParameter(f"{spec!r}: a probability is from 0 to 1")
+    return out
 
 
 def _simulator_credentials() -> tuple[str, str]:
@@ -473,6 +514,9 @@ def dev(
         "RELANCE_CALLBACK_ALLOWED_NETWORKS": os.environ.get(
             "RELANCE_CALLBACK_ALLOWED_NETWORKS", '["127.0.0.0/8", "::1/128"]'
         ),
+        # The dev simulator's devices also click on their own (the demo's holdouts then see
+        # clicks too); a bare `relance simulator`'s do not.
+        "RELANCE_SIMULATOR_BASELINE": os.environ.get("RELANCE_SIMULATOR_BASELINE", "0.1"),
         "RELANCE_SIMULATOR_APP_KEY": key,
         "RELANCE_SIMULATOR_MASTER_SECRET": secret,
         "RELANCE_SECRET_KEYS": secret_keys,
@@ -538,9 +582,13 @@ def _stop(procs: list[subprocess.Popen[Any]]) -> None:
 
 
 @main.command()
-def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
-    """The morning-news case on simulated devices, windows shortened to seconds: prints the
-    funnel per stage and the journey's Temporal UI link. Needs `relance dev` running."""
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=1000)] = 200,
+    holdout: Annotated[float, typer.Option(min=0, max=0.9)] = 0.2,
+) -> None:
+    """The morning-news case on simulated devices, windows shortened to seconds, with a random
+    holdout at each resend stage: prints the funnel per stage, the simulator's true effect of
+    each resend, the report, and the journey's Temporal UI link. Needs `relance dev` running."""
     settings = get_settings()
     key, secret = _dev_credentials(settings, create=False)
     with httpx.Client(base_url=settings.api_url, auth=(key, secret), timeout=30) as client:
@@ -569,6 +617,7 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
                 },
             },
             "resend": {
+                "holdout": holdout,
                 "trigger": {"condition": "not_clicked", "within": "20s"},
                 "stages": [
                     {"after": "10s", "notification": {"title": "You missed this morning's news"}},
@@ -600,10 +649,19 @@ def demo(devices: Annotated[int, typer.Option(min=1, max=1000)] = 200) -> None:
         time.sleep(2)  # the last device reports
         final = client.get(f"/v4/push/{msg_id}").json()
         funnel = final["funnel"]
-    typer.echo("\nstage  sent  delivered  displayed  clicked")
+        report = client.get(f"/v4/push/{msg_id}/report")
+    typer.echo("\nstage  sent  held_out  delivered  displayed  clicked")
     for s in funnel["stages"]:
-        row = (s["stage"], s["sent"], s["delivered"], s["displayed"], s["clicked"])
-        typer.echo("{:>5} {:>5} {:>10} {:>10} {:>8}".format(*row))
+        row = (s["stage"], s["sent"], s["held_out"], s["delivered"], s["displayed"], s["clicked"])
+        typer.echo("{:>5} {:>5} {:>9} {:>10} {:>10} {:>8}".format(*row))
+    _print_truth(settings.simulator_url, accepted.json()["schedule"], 20.0)
+    # ---- THE REPORT (GET /v4/push/{msg_id}/report: issue 11's lift per resend stage with its
+    # 95% interval, built on the branch that adds it). Printed as it comes until then. ----
+    if report.status_code == 200:
+        typer.echo("\nreport (GET /v4/push/{msg_id}/report):")
+        typer.echo(json.dumps(report.json(), indent=2))
+    else:
+        typer.echo(f"\nreport: GET /v4/push/{msg_id}/report answered {report.status_code}")
     typer.echo(
         f"clicked: {funnel['clicked']} of {funnel['recipients']}, "
         f"{funnel['clicked_after_resend']} of them after a resend"
@@ -706,6 +764,33 @@ def push_report(
         "showing the funnel instead.[/yellow]"
     )
     out.print(console.status_table(status))
+
+
+def _print_truth(simulator_url: str, schedule: list[str], observe_s: float) -> None:
+    """What the simulator truly causes at each resend stage, among those still eligible, in
+    the stage's window (to the next stage, or the end of the observation window)."""
+    from datetime import datetime
+
+    from relance.simulator import Behaviour, true_click_lift
+
+    try:
+        behaviour = Behaviour.model_validate(httpx.get(f"{simulator_url}/v1/truth").json())
+    except (httpx.HTTPError, ValueError) as exc:
+        typer.echo(f"\ntruth: the simulator at {simulator_url} did not say ({exc})")
+        return
+    times = [datetime.fromisoformat(t) for t in schedule]
+    offsets = [(t - times[0]).total_seconds() for t in times]
+    typer.echo(
+        f"\ntruth (the simulator's): devices click on their own with chance "
+        f"{behaviour.baseline:g}, halving every {behaviour.baseline_half_life_s:g}s"
+    )
+    for stage in range(1, len(offsets)):
+        end = offsets[stage + 1] if stage + 1 < len(offsets) else offsets[stage] + observe_s
+        lift = true_click_lift(behaviour, stage, None, offsets[stage], end)
+        typer.echo(
+            f"  stage {stage} truly adds {lift * 100:+.1f} points of clicks "
+            f"(vs its holdout, clicks to {end - offsets[stage]:g}s after it)"
+        )
 
 
 if __name__ == "__main__":

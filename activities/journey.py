@@ -45,15 +45,19 @@ class BatchReport:
 
 
 class _StageContent:
-    """What one stage says to each recipient. Without a template, every recipient of a platform
-    gets the same content, rendered once."""
+    """What one stage says to each recipient: the original content with the stages' changes,
+    then its A/B variant's. Without a template, every recipient of a platform (and variant) gets
+    the same content, rendered once."""
 
     def __init__(self, request: PushRequest, stage: int) -> None:
         self.request = request
         resend = request.resend
         self.changes = [s.notification for s in resend.stages[:stage]] if resend else []
-        self.templated = any(c.template for c in self.changes)
-        self._by_platform: dict[str, RenderedContent] = {}
+        per_stage = request.stage_variants()
+        variants = per_stage[stage] if stage < len(per_stage) else None
+        self.variants = {v.name: v.notification for v in variants or []}
+        self.templated = any(c.template for c in [*self.changes, *self.variants.values()])
+        self._cache: dict[tuple[str | None, str], RenderedContent] = {}
         body = request.body
         # A message-only push: the stages change the message, sent as data only.
         self.source = body.notification if body.notification is not None else body.message
@@ -63,16 +67,22 @@ class _StageContent:
             message_payload(body.message) if body.message is not None and self.notify else None
         )
 
-    def render(self, platform: str, attributes: dict[str, Any]) -> RenderedContent:
+    def render(
+        self, platform: str, attributes: dict[str, Any], variant: str | None = None
+    ) -> RenderedContent:
         assert self.source is not None
+        changes = self.changes
+        if variant in self.variants:
+            changes = [*changes, self.variants[variant]]
         if self.templated:
-            return render_stage(self.source, self.changes, platform, attributes)
-        if platform not in self._by_platform:
-            self._by_platform[platform] = render_stage(self.source, self.changes, platform, {})
-        return self._by_platform[platform]
+            return render_stage(self.source, changes, platform, attributes)
+        key = (variant, platform)
+        if key not in self._cache:
+            self._cache[key] = render_stage(self.source, changes, platform, {})
+        return self._cache[key]
 
     def message(self, inp: SendStageInput, item: ledger.Outbound) -> OutboundMessage:
-        content = self.render(item.platform, item.attributes)
+        content = self.render(item.platform, item.attributes, item.variant)
         custom = self.fixed_message
         if not self.notify and self.request.body.message is not None:
             custom = message_payload(self.request.body.message, content)
@@ -88,6 +98,7 @@ class _StageContent:
             time_to_live=self.request.body.options.time_to_live,
             notify=self.notify,
             message=custom,
+            variant=item.variant,
         )
 
 
@@ -120,6 +131,8 @@ class JourneyActivities:
             await asyncio.to_thread(
                 ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
             )
+        elif request.variants:  # stage 0's variants, before its first claim (idempotent)
+            await asyncio.to_thread(ledger.assign_groups, self.engine, inp.msg_id, 0)
         stage = _StageContent(request, inp.stage)
         route = await self.registry.router(push.app_key)
         details = activity.info().heartbeat_details
@@ -147,6 +160,7 @@ class JourneyActivities:
             sent=counts.get(DeliveryStatus.sent, 0),
             failed=counts.get(DeliveryStatus.failed, 0),
             skipped=counts.get(DeliveryStatus.skipped, 0),
+            held_out=counts.get(DeliveryStatus.held_out, 0),
             pending=sum(counts.get(s, 0) for s in OPEN_DELIVERIES),
             retry_in=retry_in if inp.one_pass else None,
             progress=progress,
@@ -170,6 +184,8 @@ class JourneyActivities:
             await asyncio.to_thread(
                 timed.select_slot_audience, self.engine, inp.msg_id, inp.stage, inp.zones
             )
+        elif request.variants:
+            await asyncio.to_thread(ledger.assign_groups, self.engine, inp.msg_id, 0)
         stage = _StageContent(request, inp.stage)
         route = await self.registry.router(app_key)
         claim = timed.Claim(zones=inp.zones, at=inp.at, held=inp.held, caps=inp.caps)
@@ -231,6 +247,7 @@ class JourneyActivities:
             sent=counts.get(DeliveryStatus.sent, 0),
             failed=counts.get(DeliveryStatus.failed, 0),
             skipped=counts.get(DeliveryStatus.skipped, 0),
+            held_out=counts.get(DeliveryStatus.held_out, 0),
             retry_in=report.retry_in,
             progress=progress,
             config_error=report.config_error,
@@ -264,6 +281,7 @@ class JourneyActivities:
                     inp.stage,
                     cursor,
                     self.batch_size,
+                    inp.variants,
                 )
                 exhausted = page.exhausted or page.last_id is None
                 if page.last_id is not None:

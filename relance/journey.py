@@ -22,6 +22,13 @@ class Progress(BaseModel):
     stopped: int = 0
 
 
+class DelayGroup(BaseModel):
+    """The variants of a stage sent this long after the stage's time."""
+
+    delay_seconds: float
+    variants: list[str]
+
+
 class JourneyPlan(BaseModel):
     msg_id: str
     app_key: str
@@ -39,15 +46,21 @@ class JourneyPlan(BaseModel):
     # Quiet hours, local time, send_at, caps or throttles (relance.timing); None: none apply,
     # and the journey takes its fast path.
     timing: Timing | None = None
+    # After the last stage, how long the journey keeps observing before it completes (0: not).
+    observe_seconds: float = 0
+    # Per stage ("0", "1"...): its A/B variants' names by delay in seconds, when some variant
+    # has a delay (the others are sent at the stage's time). Absent: one send per stage.
+    variant_delays: dict[str, list[DelayGroup]] = Field(default_factory=dict)
 
 
 class StageCounts(BaseModel):
     """What happened to one stage's deliveries: queued (targeted), and each DeliveryStatus end."""
 
-    targeted: int = 0
+    targeted: int = 0  # every delivery of the stage, the held-out included
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+    held_out: int = 0  # in the stage's random holdout: never sent, still observed
 
 
 class StageSummary(StageCounts):
@@ -66,6 +79,8 @@ class JourneyCarry(BaseModel):
     cancelled: bool = False
     # A timed journey: the release slots still to send.
     slots: list[Slot] | None = None
+    # Observing after the last stage, until then.
+    observe_until: datetime | None = None
 
 
 class JourneyInput(BaseModel):
@@ -82,6 +97,8 @@ class JourneyStatus(BaseModel):
     stages: list[StageSummary]
     # Held recipients (quiet hours, local_time, send_at): when the next of them is released.
     next_release_at: datetime | None = None
+    # After the last stage: observing its outcomes until then, before completing.
+    observe_until: datetime | None = None
 
 
 class MaterialiseInput(BaseModel):
@@ -110,6 +127,8 @@ class SendStageInput(BaseModel):
     limit: int | None = None
     caps: list[FrequencyCap] = Field(default_factory=list)
     app_throttle_per_minute: int | None = None
+    # Only these A/B variants' deliveries (a group sent after its delay); None: all.
+    variants: list[str] | None = None
 
 
 class PlanZonesInput(BaseModel):
@@ -190,7 +209,24 @@ def plan_for(
         local_send=ids is not None and len(ids) <= LOCAL_SEND_MAX,
         materialise=ids is None,
         timing=timing,
+        observe_seconds=resend.observe_window.total_seconds() if resend else 0,
+        variant_delays=variant_delays(request),
     )
+
+
+def variant_delays(request: PushRequest) -> dict[str, list[DelayGroup]]:
+    """The stages whose variants do not all go at the stage's time: their groups by delay."""
+    out: dict[str, list[DelayGroup]] = {}
+    for stage, variants in enumerate(request.stage_variants()):
+        if not variants or all(v.delay.total_seconds() == 0 for v in variants):
+            continue
+        groups: dict[float, list[str]] = {}
+        for v in variants:
+            groups.setdefault(v.delay.total_seconds(), []).append(v.name)
+        out[str(stage)] = [
+            DelayGroup(delay_seconds=d, variants=n) for d, n in sorted(groups.items())
+        ]
+    return out
 
 
 class ForwarderInput(BaseModel):

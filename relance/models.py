@@ -84,11 +84,62 @@ class StageNotification(BaseModel):
         return v
 
 
+MAX_VARIANTS = 8
+
+
+class Variant(BaseModel):
+    """One arm of an A/B test at a stage: its share of the stage's recipients (weight), what it
+    changes on top of the stage's content, and how long after the stage it is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=32)
+    weight: float = Field(gt=0, le=1_000_000, description="Relative share (positive).")
+    notification: StageNotification = Field(default_factory=StageNotification)
+    delay: Duration = Field(
+        timedelta(0), description="Sent this long after the stage's time (to test send times)."
+    )
+
+    @field_validator("delay")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0) or v > timedelta(days=7):
+            raise ValueError("expected a duration from 0 to 7d")
+        return v
+
+
+Variants = Annotated[
+    list[Variant] | None,
+    Field(
+        None,
+        min_length=2,
+        max_length=MAX_VARIANTS,
+        description="2 to 8 A/B variants of the stage (deterministic, sticky per recipient).",
+    ),
+]
+
+
+def check_variants(variants: list[Variant] | None) -> list[Variant] | None:
+    if variants is not None:
+        seen: set[str] = set()
+        for i, v in enumerate(variants):
+            if v.name in seen:
+                raise ValueError(f"[{i}].name: duplicate variant name {v.name!r}")
+            seen.add(v.name)
+    return variants
+
+
 class ResendStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     after: Duration = Field(description="Counted from the close of the trigger window.")
     notification: StageNotification = Field(default_factory=StageNotification)
+    variants: Variants
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, v: list[Variant] | None) -> list[Variant] | None:
+        return check_variants(v)
 
     @field_validator("after")
     @classmethod
@@ -103,6 +154,29 @@ class ResendPolicy(BaseModel):
 
     trigger: Trigger
     stages: list[ResendStage] = Field(min_length=1, max_length=MAX_STAGES)
+    holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each resend stage's eligible recipients held out (never sent, "
+        "still observed): the control group of that stage's lift.",
+    )
+    observe: Duration | None = Field(
+        None,
+        description="How long the journey keeps observing after its last stage before it "
+        "completes (default: the trigger window; 0: not at all).",
+    )
+
+    @field_validator("observe")
+    @classmethod
+    def _observe(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and (v < timedelta(0) or v > timedelta(days=30)):
+            raise ValueError("expected a duration from 0 to 30d")
+        return v
+
+    @property
+    def observe_window(self) -> timedelta:
+        return self.trigger.within if self.observe is None else self.observe
 
     @model_validator(mode="after")
     def _increasing(self) -> "ResendPolicy":
@@ -382,6 +456,18 @@ class PushRequest(BaseModel):
         None, max_length=5, description="Up to 5 URLs that receive this push's status events."
     )
     resend: ResendPolicy | None = None
+    # Stage 0's A/B variants (a resend stage's are inside that stage).
+    variants: Variants
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, v: list[Variant] | None) -> list[Variant] | None:
+        return check_variants(v)
+
+    def stage_variants(self) -> list[list[Variant] | None]:
+        """Each stage's variants, stage 0 first (None: the stage has none)."""
+        stages = self.resend.stages if self.resend else []
+        return [self.variants, *(s.variants for s in stages)]
 
     @field_validator("callback_url", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ probabilities and delays, report delivered / displayed / clicked / failed back t
 import asyncio
 import heapq
 import logging
+import math
 import random
 import time
 from collections import Counter, defaultdict
@@ -32,6 +33,43 @@ class Behaviour(BaseModel):
     send_latency_ms: int = Field(0, ge=0)
     # Scripted devices: registration_id -> the stage at which it clicks (it never fails).
     clicks_at: dict[str, int] = Field(default_factory=dict)
+    # The truth of the funnel (see README "The simulator knows the truth"):
+    # - baseline: the chance that a device clicks on its own, whatever it is sent after stage
+    #   0, at a time that decays from stage 0's receipt (exponential, this half-life); reported
+    #   without a stage, as an app reporting a later open would.
+    baseline: float = Field(0.0, ge=0, le=1)
+    baseline_half_life_s: float = Field(60.0, gt=0)
+    # - effects: the click probability a received stage (key "1") or one of its variants (key
+    #   "1:B") causes: clicked with that probability, displayed or not. Without one, a stage
+    #   causes p_display x p_click[stage].
+    effects: dict[str, float] = Field(default_factory=dict)
+
+    def caused(self, stage: int, variant: str | None = None) -> float:
+        """The click probability that receiving `stage` (`variant`) causes."""
+        if variant is not None and f"{stage}:{variant}" in self.effects:
+            return self.effects[f"{stage}:{variant}"]
+        if str(stage) in self.effects:
+            return self.effects[str(stage)]
+        p_click = self.p_click[min(stage, len(self.p_click) - 1)] if self.p_click else 0.0
+        return self.p_display * p_click
+
+    def organic_by(self, seconds: float) -> float:
+        """The chance that a device has clicked on its own `seconds` after stage 0."""
+        return self.baseline * (1 - 0.5 ** (max(seconds, 0.0) / self.baseline_half_life_s))
+
+
+def true_click_lift(
+    behaviour: Behaviour, stage: int, variant: str | None, start_s: float, end_s: float
+) -> float:
+    """What sending resend stage `stage` (`variant`) truly adds to the click rate of the
+    recipients still eligible at it, counting clicks from its time to `end_s` (both in seconds
+    after stage 0): what a comparison with the stage's holdout estimates. A recipient that
+    would have clicked on its own in the window adds nothing; one whose send failed neither:
+    (1 - p_fail) x effect x (1 - P(clicks on its own in the window | not before))."""
+    b = behaviour
+    before, by_end = b.organic_by(start_s), b.organic_by(end_s)
+    own = (by_end - before) / (1 - before) if before < 1 else 0.0
+    return (1 - b.p_fail) * b.caused(stage, variant) * (1 - own)
 
 
 class SimMessage(BaseModel):
@@ -45,6 +83,7 @@ class SimMessage(BaseModel):
     # A data-only message (EngageLab's custom message without a notification), and the message.
     notify: bool = True
     message: dict[str, Any] | None = None
+    variant: str | None = None  # its A/B variant, if the stage has variants
 
 
 class SendBody(BaseModel):
@@ -66,13 +105,15 @@ class Fleet:
         self.busy_answered: set[tuple[str, int, str]] = set()
         self.contents: dict[tuple[str, int, str], SimMessage] = {}
         self.fates: dict[tuple[str, int, str], list[str]] = {}
-        self.reported: Counter[tuple[str, int, str]] = Counter()
+        self.reported: Counter[tuple[str, int | None, str]] = Counter()
         self._queue: list[tuple[float, int, dict[str, Any]]] = []
         self._inflight: list[tuple[float, int, dict[str, Any]]] = []
         self._n = 0
         self._wake = asyncio.Event()
+        # Devices that clicked (per push): a later click of their own is not reported again.
+        self.clicked: set[tuple[str, str]] = set()
 
-    def fate(self, msg_id: str, stage: int, rid: str) -> list[str]:
+    def fate(self, msg_id: str, stage: int, rid: str, variant: str | None = None) -> list[str]:
         """What this device does with this stage: seeded, so a run gives the same fates again."""
         b = self.behaviour
         if rid.startswith("silent-"):
@@ -84,6 +125,10 @@ class Fleet:
         if rng.random() < b.p_fail:
             return ["failed"]
         statuses = ["delivered"]
+        if str(stage) in b.effects or f"{stage}:{variant}" in b.effects:
+            if rng.random() < b.caused(stage, variant):  # the stage's known causal effect
+                return ["delivered", "displayed", "clicked"]
+            return statuses + (["displayed"] if rng.random() < b.p_display else [])
         if rng.random() < b.p_display:
             statuses.append("displayed")
             p_click = b.p_click[min(stage, len(b.p_click) - 1)] if b.p_click else 0.0
@@ -125,7 +170,9 @@ class Fleet:
                 continue  # a repeat of a message this device already has: shown once
             self.seen_keys.add(m.idempotency_key)
             self.contents[key] = m
-            fate = self.fates[key] = self.fate(*key)
+            fate = self.fates[key] = self.fate(*key, m.variant)
+            if m.stage == 0:
+                self._organic(m.msg_id, m.registration_id, now)
             rng = random.Random(f"delay:{self.behaviour.seed}:{m.idempotency_key}")
             at = now
             for status in fate:
@@ -142,6 +189,41 @@ class Fleet:
                 heapq.heappush(self._queue, (at, self._n, event))
         self._wake.set()
         return results
+
+    def organic_after(self, msg_id: str, rid: str) -> float | None:
+        """Seconds after stage 0's receipt at which the device clicks on its own (None:
+        never): seeded, like its fates."""
+        b = self.behaviour
+        if b.baseline <= 0:
+            return None
+        rng = random.Random(f"organic:{b.seed}:{msg_id}:{rid}")
+        if rng.random() >= b.baseline:
+            return None
+        return -b.baseline_half_life_s * math.log2(1 - rng.random())
+
+    def _organic(self, msg_id: str, rid: str, now: float) -> None:
+        """The device's own click, sent or not sent anything more: with probability
+        `baseline`, at an exponential time (the decaying hazard) after stage 0's receipt."""
+        after = self.organic_after(msg_id, rid)
+        if after is None:
+            return
+        self._n += 1
+        event = {"msg_id": msg_id, "registration_id": rid, "status": "clicked", "organic": True}
+        heapq.heappush(self._queue, (now + after, self._n, event))
+        self._wake.set()
+
+    def _due(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[Any]]:
+        """What to report (a device's own click only if it has not clicked yet), and the
+        devices that click in it (marked once the report went through)."""
+        out, clickers = [], set()
+        for e in events:
+            if e["status"] == "clicked":
+                clicker = (e["msg_id"], e["registration_id"])
+                if e.get("organic") and (clicker in self.clicked or clicker in clickers):
+                    continue
+                clickers.add(clicker)
+            out.append({k: v for k, v in e.items() if k != "organic"})
+        return out, clickers
 
     @property
     def pending(self) -> int:
@@ -163,7 +245,9 @@ class Fleet:
                 due.append(heapq.heappop(self._queue))
             self._inflight = due
             try:
-                await self.report([e for _, _, e in due])
+                report, clickers = self._due([e for _, _, e in due])
+                if report:
+                    await self.report(report)
             except Exception as exc:  # noqa: BLE001 — any failure: requeue, retry shortly
                 log.warning("reporting %d events failed (%r); retrying", len(due), exc)
                 for item in due:
@@ -171,8 +255,9 @@ class Fleet:
                 self._inflight = []
                 await asyncio.sleep(0.5)
                 continue
-            for _, _, e in due:
-                self.reported[(e["msg_id"], e["stage"], e["status"])] += 1
+            self.clicked |= clickers
+            for e in report:
+                self.reported[(e["msg_id"], e.get("stage"), e["status"])] += 1
             self._inflight = []
 
     def stats(self, msg_id: str) -> dict[str, Any]:
@@ -190,12 +275,16 @@ class Fleet:
             if m == msg_id:
                 stages[stage]["received"] += 1
                 stages[stage]["repeats"] += count - 1
-        for (m, stage, status), count in self.reported.items():
-            if m == msg_id:
-                stages[stage][status] += count
+        organic = 0
+        for (m, at_stage, status), count in self.reported.items():
+            if m == msg_id and at_stage is None:  # a device's own click, reported without stage
+                organic += count
+            elif m == msg_id and at_stage is not None:
+                stages[at_stage][status] += count
         return {
             "msg_id": msg_id,
             "stages": {str(k): v for k, v in sorted(stages.items())},
+            "clicked_on_their_own": organic,
             "pending_reports": sum(
                 1 for _, _, e in [*self._queue, *self._inflight] if e["msg_id"] == msg_id
             ),
@@ -258,6 +347,11 @@ def create_simulator_app(behaviour: Behaviour, report: Report) -> FastAPI:
     async def messages(msg_id: str, stage: int) -> list[dict[str, Any]]:
         """What each device received at one stage, with how many times."""
         return fleet.messages(msg_id, stage)
+
+    @app.get("/v1/truth")
+    async def truth() -> dict[str, Any]:
+        """The behaviour this simulator plays: what `relance demo` compares a report with."""
+        return behaviour.model_dump()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -3,6 +3,7 @@ still matches. Recipients live in the ledger; the workflow holds only counters."
 
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import (
@@ -91,6 +92,7 @@ class PushJourney:
         self._signals_per_run = 5_000
         self._slots: list[Slot] = []  # a timed journey's release slots still to send
         self._condition: str | None = None  # the trigger's, for the timeline's labels
+        self._observe_until: datetime | None = None  # observing after the last stage
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -114,6 +116,7 @@ class PushJourney:
             progress=self._progress,
             stages=self._stages,
             next_release_at=next((s.at for s in self._slots if s.held), None),
+            observe_until=self._observe_until,
         )
 
     @workflow.run
@@ -140,7 +143,7 @@ class PushJourney:
                     retry_policy=SEND_RETRY,
                     summary="materialise the audience (tags, aliases or all)",
                 )
-            await self._send(0, sent_at, plan.local_send)
+            await self._send_stage(plan, 0, sent_at)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds
         assert sent_at is not None
@@ -167,12 +170,61 @@ class PushJourney:
             if waited is Wait.stop:
                 break
             self._set_state(JourneyState.resending)
-            await self._send(stage, self._next_stage_at, plan.local_send)
+            await self._send_stage(plan, stage, self._next_stage_at)
             self._next_stage = stage + 1
+        await self._observe(plan, carry, {"next_stage": len(offsets) + 1, "sent_at": sent_at})
         return await self._finish(plan)
 
+    async def _observe(self, plan: JourneyPlan, carry: JourneyCarry, then: dict[str, Any]) -> None:
+        """After the last stage, keep observing for the observation window (clicks, displays
+        and conversions of the last stage land in the ledger) so that the journey's result and
+        final funnel include them. Only a push with a resend policy observes (its plan has a
+        window); it ends early when cancelled, failed or every recipient stopped. `then` is
+        what to carry over should the run continue-as-new meanwhile."""
+        if plan.observe_seconds <= 0 or self._cancelled or self._error or self._all_stopped():
+            return
+        if not workflow.patched("observe-window"):
+            return
+        until = carry.observe_until or workflow.now() + timedelta(seconds=plan.observe_seconds)
+        self._next_stage, self._next_stage_at, self._observe_until = None, None, until
+        self._set_state(JourneyState.waiting)
+        label = f"observation window: until {until:%Y-%m-%d %H:%M}Z, the last stage's clicks"
+        if await self._wait_until(until, label) is Wait.continue_as_new:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            carry = JourneyCarry(
+                **then,
+                progress=self._progress,
+                stages=self._stages,
+                cancelled=self._cancelled,
+                observe_until=until,
+            )
+            workflow.continue_as_new(JourneyInput(plan=plan, carry=carry))
+
+    async def _send_stage(self, plan: JourneyPlan, stage: int, scheduled_at: datetime) -> None:
+        """Send a stage; when some of its A/B variants have a delay, each group of variants
+        after its delay (a durable timer), in delay order, the undelayed ones first."""
+        groups = plan.variant_delays.get(str(stage))
+        if not groups or not workflow.patched("variant-delays"):
+            await self._send(stage, scheduled_at, plan.local_send)
+            return
+        for i, group in enumerate(groups):
+            at = scheduled_at + timedelta(seconds=group.delay_seconds)
+            if at > workflow.now():  # a durable timer; a cancel or a failure stops the rest
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._cancelled or self._error is not None,
+                        timeout=at - workflow.now(),
+                        timeout_summary=f"stage {stage}: variants {', '.join(group.variants)} "
+                        f"at {at:%H:%M:%S}Z (their delay)",
+                    )
+                except TimeoutError:
+                    pass
+            if self._cancelled or self._error:
+                return
+            await self._send(stage, scheduled_at, plan.local_send, group.variants, first=i == 0)
+
     async def _finish(self, plan: JourneyPlan) -> JourneyResult:
-        self._next_stage, self._next_stage_at = None, None
+        self._next_stage, self._next_stage_at, self._observe_until = None, None, None
         final = (
             JourneyState.failed
             if self._error
@@ -256,6 +308,7 @@ class PushJourney:
             await self._send_slot(plan, slot)
             self._slots.pop(0)
         self._slots = []
+        await self._observe(plan, carry, {"next_stage": 0, "slots": []})
         return await self._finish(plan)
 
     async def _send_slot(self, plan: JourneyPlan, slot: Slot) -> None:
@@ -312,6 +365,7 @@ class PushJourney:
                         "sent": r.sent,
                         "failed": r.failed,
                         "skipped": r.skipped,
+                        "held_out": r.held_out,
                     }
                 )
                 self._show()
@@ -325,14 +379,24 @@ class PushJourney:
                 sent=r.sent,
                 failed=r.failed,
                 skipped=r.skipped,
+                held_out=r.held_out,
             )
         )
         self._show()
         self._say(stage, r)
 
-    async def _send(self, stage: int, scheduled_at: datetime, local: bool) -> None:
+    async def _send(
+        self,
+        stage: int,
+        scheduled_at: datetime,
+        local: bool,
+        variants: list[str] | None = None,
+        first: bool = True,
+    ) -> None:
         started = workflow.now()
-        inp = SendStageInput(msg_id=self._msg_id, stage=stage, scheduled_at=scheduled_at)
+        inp = SendStageInput(
+            msg_id=self._msg_id, stage=stage, scheduled_at=scheduled_at, variants=variants
+        )
         result = None
         if local and workflow.patched("local-small-stages"):
             result = await self._send_locally(inp)
@@ -355,6 +419,9 @@ class PushJourney:
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
+        if not first:  # a later group of variants: the stage's counts, now absolute
+            self._record(stage, scheduled_at, started, result)
+            return
         self._stages.append(
             StageSummary(
                 stage=stage,
@@ -364,6 +431,7 @@ class PushJourney:
                 sent=result.sent,
                 failed=result.failed,
                 skipped=result.skipped,
+                held_out=result.held_out,
             )
         )
         self._show()

@@ -22,6 +22,8 @@ class OutboundMessage(BaseModel):
     # EngageLab's `message` object ({msg_content, title?, content_type?, extras?}), when the
     # push has one: the data payload, alone or alongside the notification.
     message: dict[str, Any] | None = None
+    # The recipient's A/B variant at this stage, if the stage has variants.
+    variant: str | None = None
 
 
 def message_data(message: OutboundMessage) -> dict[str, Any]:

@@ -102,6 +102,9 @@ class PushStatusOut(BaseModel):
     next_release_at: datetime | None = Field(
         None, description="When the next recipients held by quiet hours or local time go."
     )
+    observe_until: datetime | None = Field(
+        None, description="After the last stage: observing its outcomes until then."
+    )
     funnel: Funnel
     temporal_ui: str = Field(description="The journey in the Temporal Web UI.")
 
@@ -216,12 +219,12 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
     """State, next stage and its time, and the funnel so far."""
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
-    state, next_stage, next_at, release_at = push.state, None, None, None
+    state, next_stage, next_at, release_at, observe = push.state, None, None, None, None
     if push.state not in TERMINAL_STATES and ctx.client is not None:
         live = await _live_status(ctx, msg_id)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
-            release_at = live.next_release_at
+            release_at, observe = live.next_release_at, live.observe_until
     namespace = f"{ctx.settings.temporal_ui_url}/namespaces/{ctx.settings.temporal_namespace}"
     ui = f"{namespace}/workflows/{workflow_id(msg_id)}"
     return PushStatusOut(
@@ -232,6 +235,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         next_stage=next_stage,
         next_stage_at=next_at,
         next_release_at=release_at,
+        observe_until=observe,
         funnel=funnel,
         temporal_ui=ui,
     )

@@ -35,6 +35,7 @@ from relance.ledger.devices import (
 )
 from relance.ledger.events import IngestResult, event_key, ingest_events, list_events
 from relance.ledger.funnel import StageSlot, funnel, progress, stage_slots
+from relance.ledger.groups import assign_groups
 from relance.ledger.outbox import push_callbacks
 from relance.ledger.providers import (
     InvalidatedTokens,
@@ -94,6 +95,7 @@ from relance.ledger.tags import (
 )
 
 __all__ = [
+    "assign_groups",
     "DeviceInfo",
     "DeviceStatus",
     "Limits",

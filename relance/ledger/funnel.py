@@ -57,6 +57,7 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 func.count(col(d.displayed_at)),
                 func.count(col(d.clicked_at)),
                 func.count(col(d.held_until)),
+                func.sum(case((col(d.status) == DeliveryStatus.held_out.value, 1), else_=0)),
             )
             .where(col(d.msg_id) == msg_id)
             .group_by(col(d.stage))
@@ -89,7 +90,8 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
             )
         ).scalar_one()
     stages = []
-    for stage, targeted, sent, failed, skipped, delivered, displayed, clicked, deferred in rows:
+    for row in rows:
+        stage, targeted, sent, failed, skipped, delivered, displayed, clicked, deferred = row[:9]
         sent = int(sent or 0)
         stages.append(
             StageFunnel(
@@ -99,6 +101,7 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 failed=int(failed or 0),
                 skipped=int(skipped or 0),
                 deferred=int(deferred or 0),
+                held_out=int(row[9] or 0),
                 skipped_by_reason=reasons.get(stage, {}),
                 delivered=delivered,
                 displayed=displayed,

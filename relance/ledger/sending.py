@@ -16,6 +16,7 @@ from relance.ledger._base import NotFound, arrays, on_postgresql, unnest
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
+from relance.ledger.groups import assign_in
 from relance.ledger.transitions import apply_status, bump_counts
 from relance.models import EventStatus
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
@@ -57,6 +58,8 @@ def select_resend_audience(engine: Engine, msg_id: str, stage: int) -> int:
         session.connection().execute(
             insert(Delivery).from_select(["msg_id", "stage", "registration_id", "status"], matching)
         )
+        # The stage's holdout and variants, in the same transaction (so decided exactly once).
+        assign_in(session, push, stage)
         # Counted, not the INSERT's rowcount: psycopg reports none for an INSERT ... SELECT.
         queued = session.execute(
             sa_select(func.count())
@@ -74,6 +77,7 @@ class Outbound:
     platform: str
     attributes: dict[str, Any]
     resend: bool  # already marked "sending" by an attempt that may have reached the provider
+    variant: str | None = None  # its A/B variant at this stage
 
 
 @dataclass
@@ -83,9 +87,17 @@ class Page:
     exhausted: bool  # fewer rows than asked for: nothing is left after `last_id`
 
 
-def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: int) -> Page:
+def claim_batch(
+    engine: Engine,
+    msg_id: str,
+    stage: int,
+    after_id: int,
+    limit: int,
+    variants: list[str] | None = None,
+) -> Page:
     """The next deliveries to send after `after_id`, marked `sending` in the same transaction:
     from here on they may reach devices, so a retry asks the provider before sending again.
+    With `variants`, only those A/B variants' deliveries (a variant sent after a delay).
 
     Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
     ORM objects: this runs once per batch of a million-recipient stage."""
@@ -104,6 +116,7 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
                 col(Recipient.stopped),
                 col(Device.valid),
                 col(Device.attributes),
+                col(Delivery.variant),
             )
             .join(
                 Recipient,
@@ -125,6 +138,7 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
                 col(Delivery.stage) == stage,
                 col(Delivery.id) > after_id,
                 col(Delivery.status).in_(OPEN_DELIVERIES),
+                *([] if variants is None else [col(Delivery.variant).in_(variants)]),
             )
             .order_by(col(Delivery.id))
             .limit(limit)
@@ -133,7 +147,16 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
         skipped: list[int] = []
         claimed: list[int] = []
         invalid: list[int] = []
-        for delivery_id, registration_id, status, platform, stopped, valid, attributes in rows:
+        for (
+            delivery_id,
+            registration_id,
+            status,
+            platform,
+            stopped,
+            valid,
+            attributes,
+            name,
+        ) in rows:
             if not valid:  # valid is None: the device is gone
                 invalid.append(delivery_id)
                 continue
@@ -144,7 +167,9 @@ def claim_batch(engine: Engine, msg_id: str, stage: int, after_id: int, limit: i
             if not resend:
                 claimed.append(delivery_id)
             items.append(
-                Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend)
+                Outbound(
+                    delivery_id, registration_id, platform, dict(attributes or {}), resend, name
+                )
             )
         for ids, values in (
             (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),

@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 from relance.db import Delivery, Device, DeviceSend, Push, Recipient, ThrottleMinute, utcnow
 from relance.ledger._base import NotFound, chunks, insert_for, on_postgresql
 from relance.ledger.events import event_key, store_events
+from relance.ledger.groups import assign_in
 from relance.ledger.sending import Outbound, Page
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
 from relance.timing import MAX_CAP_WINDOW, FrequencyCap
@@ -92,6 +93,9 @@ def select_slot_audience(engine: Engine, msg_id: str, stage: int, zones: list[st
                 insert_for(session)(Delivery).on_conflict_do_nothing(),
                 [{"msg_id": msg_id, "stage": stage, "registration_id": rid} for rid in chunk],
             )
+        push = session.get(Push, msg_id)
+        if push is not None:  # the stage's holdout and variants (pending rows not yet decided)
+            assign_in(session, push, stage)
         session.commit()
         return len(ids)
 
@@ -132,6 +136,7 @@ def claim_timed(
                 col(Recipient.stopped),
                 col(Device.valid),
                 col(Device.attributes),
+                col(Delivery.variant),
             )
             .join(
                 Recipient,
@@ -160,7 +165,7 @@ def claim_timed(
         ).all()
         skipped: dict[str, list[int]] = {}
         candidates = []
-        for delivery_id, rid, status, platform, stopped, valid, attributes in rows:
+        for delivery_id, rid, status, platform, stopped, valid, attributes, _ in rows:
             if not valid:
                 skipped.setdefault(SkipReason.invalid_token, []).append(delivery_id)
             elif stage > 0 and stopped:
@@ -174,11 +179,21 @@ def claim_timed(
                 skipped[SkipReason.frequency_capped] = capped
             candidates = [c for c in candidates if c[0] in allowed]
         items, claimed = [], []
+        variant_of = {row[0]: row[7] for row in rows}
         for delivery_id, rid, status, platform, attributes in candidates:
             resend = status == DeliveryStatus.sending
             if not resend:
                 claimed.append(delivery_id)
-            items.append(Outbound(delivery_id, rid, platform, dict(attributes or {}), resend))
+            items.append(
+                Outbound(
+                    delivery_id,
+                    rid,
+                    platform,
+                    dict(attributes or {}),
+                    resend,
+                    variant_of[delivery_id],
+                )
+            )
         held = {"held_until": claim.at} if claim.held else {}
         if skipped:
             _skip_events(session, msg_id, stage, rows, skipped, claim.at)

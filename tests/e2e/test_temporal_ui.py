@@ -100,11 +100,12 @@ async def test_a_journey_explains_itself_in_the_temporal_ui(
         assert [s["sent"] for s in funnel["stages"]] == [60, 60, 60]
 
         found = await labels(client, handle)
-        assert len(found["timer"]) == 2, found
+        assert len(found["timer"]) == 3, found  # the window, stage 2, then observing
         assert found["timer"][0].startswith(
             "trigger window: not clicked within 3s, then until stage 1 (resend) at "
         )
         assert found["timer"][1].startswith("until stage 2 (resend) at ")
+        assert found["timer"][2].startswith("observation window: until ")
         assert found["activity"] == [
             "send stage 0: first send",
             "send stage 1: not_clicked, resend content",

@@ -114,9 +114,9 @@ async def test_a_tag_journey_materialises_its_audience_and_replays(
         assert accepted.status_code == 200, accepted.text
         msg_id = accepted.json()["msg_id"]
         handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        await time_env.sleep(
-            timedelta(hours=6)
-        )  # past the last stage (not start_workflow's handle)
+        # Past the last stage (5h) and its observation window (the 2h trigger window); not
+        # start_workflow's handle, so no automatic time-skipping while waiting on the result.
+        await time_env.sleep(timedelta(hours=8))
         result = await handle.result()
         got = {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, 0)}
 

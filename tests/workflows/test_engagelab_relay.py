@@ -118,7 +118,8 @@ async def test_engagelab_relay_round_trip(
             assert again.json()["duplicates"] == 3
 
             handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-            await time_env.sleep(timedelta(hours=3, minutes=1))
+            # Past the last stage and its observation window (the 2h trigger window).
+            await time_env.sleep(timedelta(hours=5, minutes=1))
             result = await handle.result()
     finally:
         await fake.stop()

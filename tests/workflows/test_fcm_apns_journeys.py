@@ -138,7 +138,8 @@ async def test_dead_token_dropped_and_try_later_delivered_once(
         msg_id = (await stack.api.post("/v4/push", json=push(setup, RESEND))).json()["msg_id"]
         handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
         await eventually(lambda: stages_done(time_env, msg_id, 1), timeout=60)
-        await time_env.sleep(timedelta(hours=3, minutes=1))
+        # Past the last stage and its observation window (the 2h trigger window).
+        await time_env.sleep(timedelta(hours=5, minutes=1))
         result = await handle.result()
         ok1, ok2, busy, dead = setup.tokens
         assert [(s.sent, s.failed) for s in result.stages] == [(3, 1), (3, 0)]
@@ -261,7 +262,8 @@ async def test_a_message_only_push_goes_out_data_only_at_every_stage(
         msg_id = response.json()["msg_id"]
         handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
         await eventually(lambda: stages_done(time_env, msg_id, 1), timeout=60)
-        await time_env.sleep(timedelta(hours=2, minutes=1))
+        # Past the last stage and its observation window (the 1h trigger window).
+        await time_env.sleep(timedelta(hours=3, minutes=1))
         result = await handle.result()
         assert [s.sent for s in result.stages] == [1, 1]
         fake = fakes[0]

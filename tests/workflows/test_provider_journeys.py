@@ -87,6 +87,7 @@ async def test_dead_subscription_is_dropped_and_a_429_delivered_once(
             await eventually(lambda: stages_done(time_env, msg_id, 1))
             await time_env.sleep(timedelta(hours=3, minutes=1))
             await eventually(lambda: stages_done(time_env, msg_id, 2))
+            await time_env.sleep(timedelta(hours=2))  # the observation window
             result = await handle.result()
 
             stages = {s.stage: s for s in result.stages}

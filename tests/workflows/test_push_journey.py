@@ -100,8 +100,10 @@ async def test_resends_reach_exactly_who_did_not_click_on_time(
         await time_env.sleep(timedelta(hours=stage_hours[0], minutes=30))
         await eventually(lambda: stages_done(time_env, msg_id, 2))
         await eventually(lambda: clicked(stack, msg_id, 3))
-        # Past stage 2 (the handle is not the one start_workflow returned: skip time explicitly).
-        await time_env.sleep(timedelta(hours=stage_hours[1] - stage_hours[0]))
+        # Past stage 2 and its observation window, the trigger window (the handle is not the
+        # one start_workflow returned: skip time explicitly).
+        observe = timedelta(hours=2 if resend is NEWS else 6)
+        await time_env.sleep(timedelta(hours=stage_hours[1] - stage_hours[0]) + observe)
         result: JourneyResult = await handle.result()
 
         assert result.state == "completed"

@@ -41,7 +41,8 @@ async def test_a_journey_through_fcm_keeps_every_secret_out_of_history_and_logs(
         msg_id = (await stack.api.post("/v4/push", json=push(setup, RESEND))).json()["msg_id"]
         handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
         await eventually(lambda: stages_done(time_env, msg_id, 1), timeout=60)
-        await time_env.sleep(timedelta(hours=3, minutes=1))
+        # Past the last stage and its observation window (the 2h trigger window).
+        await time_env.sleep(timedelta(hours=5, minutes=1))
         result = await handle.result()
         assert [s.sent for s in result.stages] == [3, 3]  # sent with the sealed credentials
         # The history's own bytes: payloads in it are raw JSON (to_json() would base64 them).
