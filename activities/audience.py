@@ -39,6 +39,7 @@ class AudienceActivities:
             return MaterialiseResult(recipients=push.recipients)
         details = activity.info().heartbeat_details
         cursor: int | None = _cursor(details[0]) if details else 0
+        await asyncio.to_thread(ledger.refresh_statistics, self.engine)
         while cursor is not None:
             cursor, _ = await asyncio.to_thread(
                 ledger.materialise_page, self.engine, inp.msg_id, cursor, self.page_size

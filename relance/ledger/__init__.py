@@ -20,6 +20,7 @@ from relance.ledger.audience import (
     finish_materialise,
     has_audience,
     materialise_page,
+    refresh_statistics,
     valid_registration_ids,
 )
 from relance.ledger.devices import (
@@ -156,6 +157,7 @@ __all__ = [
     "invalidate_device",
     "list_events",
     "materialise_page",
+    "refresh_statistics",
     "message_lifecycle",
     "message_stats",
     "new_msg_id",
