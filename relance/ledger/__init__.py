@@ -46,6 +46,7 @@ from relance.ledger.pushes import (
     set_state,
     unfinished_pushes,
 )
+from relance.ledger.report import report
 from relance.ledger.sending import (
     Outbound,
     Page,
@@ -111,6 +112,7 @@ __all__ = [
     "finish_materialise",
     "forget_push",
     "funnel",
+    "report",
     "get_app",
     "get_push",
     "has_audience",
