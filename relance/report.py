@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from relance import lift
 from relance.states import DeliveryStatus
@@ -115,7 +115,24 @@ class StageReport(Group):
     )
 
 
+def _example(schema: dict[str, Any]) -> None:
+    """The OpenAPI example: a resend that looks like it worked (15% of those sent clicked)
+    and what its holdout says (9.4% of those held out clicked anyway)."""
+    rows = [
+        GroupRow(0, None, "sent", 2000, delivered=1960, displayed=1700, clicked=400, converted=120,
+                 conversion_value=3588.0, unsubscribed=12),
+        GroupRow(1, None, "sent", 1440, delivered=1410, displayed=1200, clicked=216, converted=58,
+                 conversion_value=1740.0, unsubscribed=9),
+        GroupRow(1, None, "held_out", 160, delivered=150, displayed=140, clicked=15, converted=4,
+                 conversion_value=120.0),
+    ]  # fmt: skip
+    report = build_report("1795429543454486250", "completed", {}, rows, "24h", ["EUR"])
+    schema["examples"] = [report.model_dump(mode="json")]
+
+
 class Report(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_example)
+
     msg_id: str
     state: str
     confidence: float = lift.CONFIDENCE
@@ -168,7 +185,9 @@ def comparison(x1: int, n1: int, x2: int, n2: int) -> Comparison:
     result = lift.compare(x1, n1, x2, n2)
 
     def estimate(i: lift.Interval | None) -> Estimate | None:
-        return None if i is None else Estimate(estimate=i.estimate, low=i.low, high=i.high)
+        if i is None:
+            return None
+        return Estimate(estimate=round(i.estimate, 6), low=round(i.low, 6), high=round(i.high, 6))
 
     return Comparison(
         treatment=Arm(n=n1, successes=x1, rate=_rate(x1, n1)),
@@ -177,7 +196,7 @@ def comparison(x1: int, n1: int, x2: int, n2: int) -> Comparison:
         note=result.reason,
         difference=estimate(result.difference),
         relative_lift=estimate(result.relative_lift),
-        p_value=result.p_value,
+        p_value=None if result.p_value is None else round(result.p_value, 6),
         significant=result.significant,
     )
 

@@ -177,6 +177,14 @@ def test_the_report_equals_the_ledger_stage_by_stage(engine: Engine, app: str) -
     register(engine, app, *({"registration_id": r} for r in rids))
     msg_id = accept(engine, app, {"registration_id": rids})
     send(engine, msg_id, 0, dead=frozenset({"d11"}))
+    with Session(engine) as s:  # what the journey's variant assignment records
+        for variant, some in (("A", rids[::2]), ("B", rids[1::2])):
+            s.execute(
+                update(Delivery)
+                .where(Delivery.msg_id == msg_id, Delivery.registration_id.in_(some))  # type: ignore[attr-defined]
+                .values(variant=variant)
+            )
+        s.commit()
     events = [ev(msg_id, r, "delivered") for r in rids[:8]]
     events += [ev(msg_id, r, "clicked") for r in rids[:3]]
     events += [ev(msg_id, r, "converted", value=2.5) for r in rids[1:5]]
@@ -227,6 +235,11 @@ def test_the_report_equals_the_ledger_stage_by_stage(engine: Engine, app: str) -
     # d07 unsubscribed after stage 0 and got no stage 1: its conversion goes to stage 0.
     assert [s.converted for s in report.stages] == [5, 3]
     assert [s.clicked for s in report.stages] == [3, 2]
+    variants = {v.variant: v for v in report.stages[0].variants}
+    assert {k: (v.sent, v.clicked, v.converted) for k, v in variants.items()} == {
+        "A": (6, 2, 2),  # d00 d02 d04 d06 d08 d10: clicked d00 d02, converted d02 d04
+        "B": (5, 1, 3),  # d01 ... d09 (d11 failed): clicked d01, converted d01 d03 d07
+    }
 
 
 def test_conversion_fields_are_validated() -> None:

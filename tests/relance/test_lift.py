@@ -113,3 +113,30 @@ def test_the_interval_is_calibrated_against_a_known_truth(effect: float, seed: i
         assert 0.92 <= covered <= 0.98
     else:
         assert 1 - covered <= 0.08  # excludes zero
+
+
+def test_each_variant_is_compared_with_the_first_and_wins_only_when_significant() -> None:
+    def rows(clicks_b: int) -> list[report.GroupRow]:
+        return [
+            report.GroupRow(0, "A", "sent", 1000, clicked=100),
+            report.GroupRow(0, "B", "sent", 1000, clicked=clicks_b),
+            report.GroupRow(0, "C", "sent", 20, clicked=2),
+        ]
+
+    request = {"variants": [{"name": "B"}, {"name": "A"}, {"name": "C"}]}
+    clear = report.build_report("m", "completed", request, rows(160), "24h", []).stages[0]
+    assert [v.variant for v in clear.variants] == ["B", "A", "C"]  # the request's order
+    assert [(c.variant, c.against) for c in clear.comparisons] == [("A", "B"), ("C", "B")]
+    a_vs_b = clear.comparisons[0].clicked
+    assert a_vs_b.significant and a_vs_b.difference and a_vs_b.difference.estimate == -0.06
+    assert not clear.comparisons[1].clicked.enough_data  # C: 20 recipients, no number
+    assert clear.winner == {"clicked": None, "converted": None}  # C is not significant
+
+    two = [r for r in rows(160) if r.variant != "C"]
+    assert report.stage_report(0, two, ["A", "B"]).winner == {"clicked": "B", "converted": None}
+    assert report.stage_report(0, two, ["B", "A"]).winner == {"clicked": "B", "converted": None}
+    close = [r for r in rows(108) if r.variant != "C"]
+    assert report.stage_report(0, close, ["A", "B"]).winner == {
+        "clicked": None,
+        "converted": None,
+    }
