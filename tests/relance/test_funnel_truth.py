@@ -103,8 +103,12 @@ def test_an_unsubscribed_device_gets_no_later_stage_nor_push_until_it_registers_
 ) -> None:
     register(engine, app, *({"registration_id": r, "tags": ["news"]} for r in "ab"))
     msg_id = accept(engine, app, {"registration_id": ["a", "b"]})
+    other = accept(engine, app, {"registration_id": ["a", "b"]})  # another push, running too
     send(engine, msg_id, 0)
+    send(engine, other, 0)
     ledger.ingest_events(engine, app, [ev(msg_id, "a", "unsubscribed")])
+    assert ledger.select_resend_audience(engine, other, 1) == 1  # the device opted out
+    assert send(engine, other, 1) == ["b"]
     a = recipient(engine, msg_id, "a")
     assert (a.unsubscribed_stage, a.stopped) == (0, True)
     assert ledger.select_resend_audience(engine, msg_id, 1) == 1  # b only
