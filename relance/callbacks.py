@@ -24,6 +24,11 @@ MESSAGE_STATUS = {
     # relance's own: a stage not sent to this recipient; `status_data.reason` says why
     # (frequency_capped, stopped, invalid_token).
     "skipped": "skipped",
+    # relance's own outcomes, so the business server can react to them too: a conversion
+    # (`status_data`: value, currency, and whether it was attributed to the push within its
+    # attribution window) and an unsubscribe.
+    "converted": "converted",
+    "unsubscribed": "unsubscribed",
 }
 
 
@@ -36,6 +41,8 @@ def callback_row(
     data = {"stage": event["stage"], "status": event["status"]}
     if event["status"] == "skipped":
         data["reason"], error = error, None
+    if event["status"] == "converted":
+        data |= {k: event.get(k) for k in ("value", "currency", "attributed")}
     return {
         "message_id": event["msg_id"],
         "from": push_request.get("from", "push"),

@@ -165,6 +165,29 @@ class StageFunnel(StageCounts):
     delivered_rate: float = 0.0
     displayed_rate: float = 0.0
     clicked_rate: float = 0.0
+    # The truth of the funnel: those held out of the stage (never sent, observed; not in the
+    # counts above, see the report's `holdout`), conversions attributed to the stage and their
+    # value, unsubscribes at the stage; rates over those sent.
+    held_out: int = 0
+    converted: int = 0
+    conversion_value: float = 0.0
+    unsubscribed: int = 0
+    converted_rate: float = 0.0
+    unsubscribed_rate: float = 0.0
+    variants: dict[str, "VariantFunnel"] = Field(default_factory=dict)
+
+
+class VariantFunnel(BaseModel):
+    """One A/B variant of a stage: sent, clicked and converted, and their rates."""
+
+    sent: int = 0
+    clicked: int = 0
+    converted: int = 0
+    conversion_value: float = 0.0
+    unsubscribed: int = 0
+    clicked_rate: float = 0.0
+    converted_rate: float = 0.0
+    unsubscribed_rate: float = 0.0
 
 
 class Funnel(BaseModel):

@@ -28,6 +28,8 @@ Duration = Annotated[
 ]
 
 MAX_STAGES = 10
+DEFAULT_ATTRIBUTION_WINDOW = timedelta(hours=24)
+MAX_ATTRIBUTION_WINDOW = timedelta(days=30)
 
 
 class TriggerCondition(StrEnum):
@@ -44,6 +46,10 @@ class EventStatus(StrEnum):
     displayed = "displayed"
     clicked = "clicked"
     failed = "failed"
+    # The business outcome, attributed to the push and stage within the attribution window.
+    converted = "converted"
+    # Opts the device out of every later stage and push of its app until it registers again.
+    unsubscribed = "unsubscribed"
 
 
 class Trigger(BaseModel):
@@ -264,6 +270,18 @@ class PushOptions(BaseModel):
     local_time: LocalTime | None = Field(
         None, description="Each recipient at the next HH:MM of their own time zone."
     )
+    attribution_window: Duration | None = Field(
+        None,
+        description="How long after a stage a `converted` event is attributed to it (default "
+        "24h, at most 30 days).",
+    )
+
+    @field_validator("attribution_window")
+    @classmethod
+    def _window(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and not timedelta(0) < v <= MAX_ATTRIBUTION_WINDOW:
+            raise ValueError("expected a positive duration of at most 30d")
+        return v
 
     def overrides(self) -> PolicyOverrides:
         return PolicyOverrides(
@@ -509,6 +527,17 @@ class StatusEventIn(BaseModel):
     stage: int | None = Field(None, ge=0, le=MAX_STAGES)
     at: datetime | None = None
     error: str | None = Field(None, max_length=500)
+    # A conversion's worth, e.g. an order's amount, and its ISO 4217 currency.
+    value: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+
+    @model_validator(mode="after")
+    def _value_with_conversion(self) -> "StatusEventIn":
+        if self.status is not EventStatus.converted:
+            for name in ("value", "currency"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only a converted event carries one")
+        return self
 
 
 class EventBatch(BaseModel):

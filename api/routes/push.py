@@ -19,6 +19,7 @@ from relance.describe import journey_labels
 from relance.journey import Funnel, JourneyStatus, plan_for
 from relance.ledger.apps import policy_of
 from relance.models import PushAccepted, PushRequest
+from relance.report import Report
 from relance.schedule import stage_offsets, stage_times
 from relance.states import TERMINAL_STATES, JourneyState
 from relance.timing import Timing, timing_for
@@ -239,6 +240,17 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
         funnel=funnel,
         temporal_ui=ui,
     )
+
+
+@router.get("/v4/push/{msg_id}/report", response_model=Report)
+async def get_report(msg_id: str, app: AppDep, ctx: ContextDep) -> Report:
+    """Did the resend work? Per stage and variant: targeted, sent, delivered, displayed,
+    clicked, converted (and value), unsubscribed and their rates; per resend stage the lift of
+    the resend over its holdout on click and on conversion (difference and relative lift with
+    95% intervals, p-value); per stage with variants, each against the first and a winner only
+    when significant. Too-small samples say "not enough data" instead of a number."""
+    await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)  # this app's
+    return await run_in_threadpool(ledger.report, ctx.engine, msg_id)
 
 
 def _timing(app: App, request: PushRequest) -> Timing | None:

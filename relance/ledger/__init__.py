@@ -58,6 +58,7 @@ from relance.ledger.pushes import (
     set_state,
     unfinished_pushes,
 )
+from relance.ledger.report import report
 from relance.ledger.schedules import (
     app_timezone,
     create_schedule,
@@ -150,6 +151,7 @@ __all__ = [
     "push_callbacks",
     "stage_slots",
     "StageSlot",
+    "report",
     "get_app",
     "get_push",
     "has_audience",

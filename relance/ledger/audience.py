@@ -89,6 +89,7 @@ def _conditions(
     where: list[ColumnElement[bool]] = [
         col(Device.app_key) == app_key,
         col(Device.valid).is_(True),
+        col(Device.unsubscribed_at).is_(None),  # opted out until it registers again
         *_ids(col(Device.id), after, upto),
         *_named(request),
     ]
@@ -180,6 +181,7 @@ def valid_registration_ids(engine: Engine, app_key: str, ids: list[str]) -> set[
                 col(Device.app_key) == app_key,
                 col(Device.registration_id).in_(list(dict.fromkeys(ids))),
                 col(Device.valid).is_(True),
+                col(Device.unsubscribed_at).is_(None),
             )
         )
         return {rid for (rid,) in rows}

@@ -68,6 +68,7 @@ def upsert_devices(
                 session.add(row)
             row.platform, row.tags, row.alias = d.platform, d.tags, d.alias
             row.attributes, row.valid, row.invalid_reason = d.attributes, True, None
+            row.unsubscribed_at = None  # registering again opts back in
             if d.timezone is not None:  # a registration without one keeps the known zone
                 row.timezone = d.timezone
             row.updated_at = utcnow()
@@ -120,6 +121,22 @@ def invalidate(session: Session, app_key: str, registration_id: str, reason: str
         .where(col(Device.app_key) == app_key, col(Device.registration_id) == registration_id)
         .values(valid=False, invalid_reason=(reason or "")[:500] or None, updated_at=utcnow())
     )
+
+
+def unsubscribe(session: Session, app_key: str, at: dict[str, datetime]) -> None:
+    """An `unsubscribed` event: these devices (registration id: when) are opted out of every
+    later stage and push of the app until they register again (in the caller's transaction,
+    in registration id order). The first opt-out's time is kept."""
+    for registration_id, moment in sorted(at.items()):
+        session.execute(
+            update(Device)
+            .where(
+                col(Device.app_key) == app_key,
+                col(Device.registration_id) == registration_id,
+                col(Device.unsubscribed_at).is_(None),
+            )
+            .values(unsubscribed_at=moment, updated_at=utcnow())
+        )
 
 
 def invalidate_device(engine: Engine, app_key: str, registration_id: str, reason: str) -> None:
@@ -359,7 +376,13 @@ def register_tokens(
             session.execute(
                 update(Device)
                 .where(col(Device.app_key) == app_key, col(Device.registration_id).in_(some))
-                .values(platform=platform, valid=True, invalid_reason=None, updated_at=now)
+                .values(
+                    platform=platform,
+                    valid=True,
+                    invalid_reason=None,
+                    unsubscribed_at=None,
+                    updated_at=now,
+                )
             )
         session.commit()
     return [(t, t not in known) for t in tokens]

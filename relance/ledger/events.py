@@ -4,7 +4,7 @@ deliveries, and queued for the push's callback URLs, all in one transaction."""
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func
@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Push, Recipient, StatusEvent, reading, utcnow
+from relance.durations import parse_duration
 from relance.ledger import outbox
 from relance.ledger._base import (
     LedgerError,
@@ -23,21 +24,24 @@ from relance.ledger._base import (
     on_postgresql,
     unnest,
 )
-from relance.ledger.devices import invalidate, mark_seen
+from relance.ledger.devices import invalidate, mark_seen, unsubscribe
 from relance.ledger.transitions import (
     DELIVERY_STATE,
     RECIPIENT_STATE,
     advance,
     bump_counts,
     first_stamps,
+    outcome,
     stamp_deliveries,
     write_recipients,
 )
-from relance.models import EventStatus, StatusEventIn
+from relance.models import DEFAULT_ATTRIBUTION_WINDOW, EventStatus, StatusEventIn
 from relance.states import DeliveryStatus
 
-# Deliveries an event without a stage may belong to: the latest one that may have been sent.
-_MAYBE_SENT = (DeliveryStatus.sent, DeliveryStatus.sending)
+# Deliveries an event without a stage may belong to: the latest one that may have been sent,
+# or that was held out (a held-out recipient is observed: its clicks and conversions count).
+_MAYBE_SENT = (DeliveryStatus.sent, DeliveryStatus.sending, DeliveryStatus.held_out)
+_OUTCOMES = (EventStatus.converted, EventStatus.unsubscribed)
 _RECIPIENT = Recipient.__table__  # type: ignore[attr-defined]
 _EVENT = StatusEvent.__table__  # type: ignore[attr-defined]
 
@@ -107,17 +111,29 @@ def ingest_events(
                     f"events[{i}].registration_id",
                     f"{e.registration_id!r} is not a recipient of push {e.msg_id!r}",
                 )
-        latest_sent = _latest_sent(session, [e for e in events if e.stage is None])
+        latest_sent = _latest_sent(
+            session,
+            [e for e in events if e.stage is None and e.status is not EventStatus.converted],
+        )
+        exposures = _exposures(session, [e for e in events if e.status is EventStatus.converted])
 
         # By event_id: a repeat inside one batch changes nothing, as a repeat in a later batch
         # does; the first of them is the one stored and applied.
         rows: dict[str, dict[str, Any]] = {}
         for e in events:
-            stage = (
-                e.stage
-                if e.stage is not None
-                else latest_sent.get((e.msg_id, e.registration_id), 0)
-            )
+            at = (e.at or now).astimezone(UTC)
+            attributed: bool | None = None
+            if e.status is EventStatus.converted:
+                window = attribution_window(pushes[e.msg_id].request)
+                found = attribute(
+                    exposures.get((e.msg_id, e.registration_id), []), e.stage, at, window
+                )
+                attributed = found is not None
+                stage = found if found is not None else (e.stage or 0)
+            elif e.stage is not None:
+                stage = e.stage
+            else:
+                stage = latest_sent.get((e.msg_id, e.registration_id), 0)
             key = event_key(e.msg_id, e.registration_id, stage, e.status.value)
             if key in rows:
                 continue
@@ -127,9 +143,13 @@ def ingest_events(
                 "registration_id": e.registration_id,
                 "stage": stage,
                 "status": e.status.value,
-                "at": (e.at or now).astimezone(UTC),
+                "at": at,
                 "error": e.error,
                 "received_at": now,
+                # Not columns of the event: what the fold and the callback rows need.
+                "value": e.value,
+                "currency": e.currency,
+                "attributed": attributed,
             }
         by_push: dict[str, list[dict[str, Any]]] = {}
         for row in rows.values():
@@ -146,12 +166,18 @@ def ingest_events(
         changed: dict[tuple[str, str], dict[str, Any]] = {}
         deliveries: dict[tuple[str, str, int], dict[str, Any]] = {}
         stamps: dict[tuple[str, str, int], dict[str, Any]] = {}
+        opted_out: dict[str, tuple[str, datetime]] = {}
         for row in rows.values():
             if row["event_id"] not in inserted:
                 continue
             m, r, stage = row["msg_id"], row["registration_id"], row["stage"]
             status, at, error = EventStatus(row["status"]), row["at"], row["error"]
             state = recipients[(m, r)]
+            if status in _OUTCOMES and (status is EventStatus.unsubscribed or row["attributed"]):
+                if outcome(state, status, at, stage, row["value"], row["currency"]):
+                    changed[(m, r)] = state
+                if status is EventStatus.unsubscribed:
+                    opted_out.setdefault(r, (pushes[m].app_key, at))
             if advance(pushes[m].condition, state, status, at, error, counts[m]):
                 changed[(m, r)] = state
             empty = deliveries.setdefault((m, r, stage), dict.fromkeys(DELIVERY_STATE))
@@ -162,6 +188,7 @@ def ingest_events(
         stamp_deliveries(session, stamps)
         for registration_id, reason in (invalid_tokens or {}).items():
             invalidate(session, app_key, registration_id, reason)
+        unsubscribe(session, app_key, {r: at for r, (_, at) in opted_out.items()})
         # The device's own reports (not a failure a relay saw) say it was online then.
         seen: dict[str, Any] = {}
         for row in rows.values():
@@ -190,6 +217,83 @@ def _latest_sent(session: Session, events: list[StatusEventIn]) -> dict[tuple[st
         .group_by(table.c.msg_id, table.c.registration_id)
     )
     return {(m, r): int(stage) for m, r, stage in session.execute(query)}
+
+
+def attribution_window(request: dict[str, Any]) -> timedelta:
+    """The push's `body.options.attribution_window`, or the default (24h)."""
+    options = (request.get("body") or {}).get("options") or {}
+    window = options.get("attribution_window")
+    return parse_duration(window) if window else DEFAULT_ATTRIBUTION_WINDOW
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A stage that reached a recipient (sent, or held out: observed all the same), and when
+    (the delivery's send, else the first send of its stage: a held-out recipient's "would
+    have been sent" time; None: the stage has sent nothing yet)."""
+
+    stage: int
+    at: datetime | None
+
+
+def attribute(
+    exposures: list[Exposure], stage: int | None, at: datetime, window: timedelta
+) -> int | None:
+    """The stage a conversion at `at` is attributed to: the latest stage that reached the
+    recipient before it (or the `stage` the event names), if the conversion came within
+    `window` after that stage; else None (not attributed: stored, not counted)."""
+    candidates = [
+        x for x in exposures if (stage is None or x.stage == stage) and (x.at is None or x.at <= at)
+    ]
+    if not candidates:
+        return None
+    latest = max(candidates, key=lambda x: x.stage)
+    if latest.at is not None and at - latest.at > window:
+        return None
+    return latest.stage
+
+
+def _exposures(
+    session: Session, events: list[StatusEventIn]
+) -> dict[tuple[str, str], list[Exposure]]:
+    """For conversions: every stage that reached each device (sent, being sent or held out),
+    with its time. Two indexed reads: the devices' deliveries, then one send time for each
+    stage where a held-out (or in-flight) delivery has none of its own."""
+    if not events:
+        return {}
+    table = Delivery.__table__  # type: ignore[attr-defined]
+    rows = session.execute(
+        sa_select(table.c.msg_id, table.c.registration_id, table.c.stage, table.c.sent_at).where(
+            among(session, table.c.msg_id, {e.msg_id for e in events}),
+            among(session, table.c.registration_id, {e.registration_id for e in events}),
+            table.c.status.in_([s.value for s in _MAYBE_SENT]),
+        )
+    ).all()
+    stage_sent: dict[tuple[str, int], datetime | None] = {}
+    for m, _, stage, sent_at in rows:
+        if sent_at is None and (m, stage) not in stage_sent:
+            stage_sent[(m, stage)] = session.execute(
+                sa_select(table.c.sent_at)
+                .where(
+                    table.c.msg_id == m,
+                    table.c.stage == stage,
+                    table.c.sent_at.is_not(None),
+                )
+                .order_by(table.c.id)
+                .limit(1)
+            ).scalar_one_or_none()
+    found: dict[tuple[str, str], list[Exposure]] = {}
+    for m, r, stage, sent_at in rows:
+        moment = sent_at if sent_at is not None else stage_sent.get((m, stage))
+        found.setdefault((m, r), []).append(Exposure(int(stage), _utc(moment)))
+    return found
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive times: they are UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 # PostgreSQL: the batch as one array per column, unnested into one INSERT (a handful of
@@ -233,7 +337,8 @@ def store_events(
             .on_conflict_do_nothing(index_elements=["event_id"])
             .returning(_EVENT.c.event_id)
         )
-        inserted = set(session.connection().execute(stmt, events).scalars())
+        columns = [{c: e[c] for c in _PG_EVENT_COLUMNS} for e in events]
+        inserted = set(session.connection().execute(stmt, columns).scalars())
     queued = outbox.enqueue(session, push, [e for e in events if e["event_id"] in inserted])
     return inserted, queued
 

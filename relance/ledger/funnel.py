@@ -11,8 +11,10 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from relance.db import Delivery, Push, reading
-from relance.journey import Funnel, Progress, StageFunnel
+from relance.journey import Funnel, Progress, StageFunnel, VariantFunnel
 from relance.ledger._base import NotFound
+from relance.ledger.report import report_rows
+from relance.report import group_of
 from relance.states import DeliveryStatus
 
 
@@ -75,6 +77,8 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
             ).all()
         ):
             reasons.setdefault(stage, {})[reason or "not_matching"] = int(n)
+        # What recipients did, from the report's own rows: the funnel and the report agree.
+        outcomes = report_rows(session, msg_id)
         first = aliased(Delivery)
         added = session.execute(
             sa_select(func.count(func.distinct(col(d.registration_id)))).where(
@@ -91,8 +95,17 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
         ).scalar_one()
     stages = []
     for row in rows:
-        stage, targeted, sent, failed, skipped, delivered, displayed, clicked, deferred = row[:9]
+        stage, targeted, sent, failed, skipped, _, _, _, deferred = row[:9]
         sent = int(sent or 0)
+        mine = [r for r in outcomes if r.stage == stage]
+        seen = group_of(r for r in mine if r.status != DeliveryStatus.held_out.value)
+        delivered, displayed, clicked = seen["delivered"], seen["displayed"], seen["clicked"]
+        variants = {}
+        for name in sorted({r.variant for r in mine if r.variant is not None}):
+            v = group_of(
+                r for r in mine if r.variant == name and r.status != DeliveryStatus.held_out.value
+            )
+            variants[name] = VariantFunnel(**{k: v[k] for k in VariantFunnel.model_fields})
         stages.append(
             StageFunnel(
                 stage=stage,
@@ -109,6 +122,12 @@ def funnel(engine: Engine, msg_id: str) -> Funnel:
                 delivered_rate=_rate(delivered, sent),
                 displayed_rate=_rate(displayed, sent),
                 clicked_rate=_rate(clicked, sent),
+                converted=seen["converted"],
+                conversion_value=seen["conversion_value"],
+                unsubscribed=seen["unsubscribed"],
+                converted_rate=seen["converted_rate"],
+                unsubscribed_rate=seen["unsubscribed_rate"],
+                variants=variants,
             )
         )
     return Funnel(

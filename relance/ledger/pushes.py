@@ -49,6 +49,7 @@ class _Listed:
             col(Device.app_key) == bindparam("app_key"),
             col(Device.registration_id).in_(bindparam("ids", expanding=True)),
             col(Device.valid).is_(True),
+            col(Device.unsubscribed_at).is_(None),  # opted out until it registers again
         )
         self.devices = devices
         self.devices_on = devices.where(

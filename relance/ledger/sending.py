@@ -51,6 +51,7 @@ def select_resend_audience(engine: Engine, msg_id: str, stage: int) -> int:
                     col(Device.app_key) == push.app_key,
                     col(Device.registration_id) == col(Recipient.registration_id),
                     col(Device.valid).is_(True),
+                    col(Device.unsubscribed_at).is_(None),  # opted out by an unsubscribe
                 ),
             )
             .order_by(col(Recipient.id))

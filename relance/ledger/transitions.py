@@ -31,11 +31,23 @@ IMPLIED = {
     EventStatus.delivered: (EventStatus.delivered,),
     EventStatus.failed: (EventStatus.failed,),
     EventStatus.sent: (),
+    # Outcomes of the recipient, not of a delivery (`outcome` below): they stamp no delivery.
+    EventStatus.converted: (),
+    EventStatus.unsubscribed: (),
 }
 # The time columns a status may stamp, on a recipient and on a delivery alike.
 STAMPED = tuple(dict.fromkeys(f"{s.value}_at" for implied in IMPLIED.values() for s in implied))
+# A recipient's attributed conversion and its unsubscribe (each the first one only).
+OUTCOMES = (
+    "converted_at",
+    "conversion_value",
+    "conversion_currency",
+    "converted_stage",
+    "unsubscribed_at",
+    "unsubscribed_stage",
+)
 # What the rule reads and writes of a recipient.
-RECIPIENT_STATE = (*STAMPED, "error", "stopped")
+RECIPIENT_STATE = (*STAMPED, "error", "stopped", *OUTCOMES)
 DELIVERY_STATE = (*STAMPED, "error")
 
 
@@ -57,6 +69,8 @@ def first_stamps(
 def stops(condition: str | None, recipient: Mapping[str, Any]) -> bool:
     """A recipient stops when it no longer matches the trigger, or failed for good."""
     if recipient["failed_at"] is not None and recipient["delivered_at"] is None:
+        return True
+    if recipient.get("unsubscribed_at") is not None:  # opted out: no later stage
         return True
     status = STOP_STATUS[TriggerCondition(condition)] if condition else EventStatus.clicked
     return recipient[f"{status.value}_at"] is not None
@@ -83,6 +97,31 @@ def advance(
     return changed
 
 
+def outcome(
+    recipient: dict[str, Any],
+    status: EventStatus,
+    at: datetime,
+    stage: int,
+    value: float | None = None,
+    currency: str | None = None,
+) -> dict[str, Any]:
+    """A conversion attributed to `stage`, or an unsubscribe at `stage`: recorded on the
+    recipient (updated in place) the first time only, so a repeated one counts once. Returns
+    the columns that changed. `advance` then stops an unsubscribed recipient."""
+    changed: dict[str, Any] = {}
+    if status is EventStatus.converted and recipient["converted_at"] is None:
+        changed = {
+            "converted_at": at,
+            "conversion_value": value,
+            "conversion_currency": currency,
+            "converted_stage": stage,
+        }
+    elif status is EventStatus.unsubscribed and recipient["unsubscribed_at"] is None:
+        changed = {"unsubscribed_at": at, "unsubscribed_stage": stage}
+    recipient.update(changed)
+    return changed
+
+
 def apply_status(
     condition: str | None,
     recipient: Recipient,
@@ -105,8 +144,12 @@ def apply_status(
 
 # PostgreSQL: the same writes as one UPDATE ... FROM unnest(arrays), one array per column.
 def _sql_type(column: str) -> str:
-    if column in STAMPED:
+    if column in STAMPED or column in ("converted_at", "unsubscribed_at"):
         return "timestamptz"
+    if column in ("converted_stage", "unsubscribed_stage"):
+        return "int"
+    if column == "conversion_value":
+        return "float8"
     return "bool" if column in ("stopped", "set_error") else "text"
 
 
