@@ -655,11 +655,12 @@ def demo(
         row = (s["stage"], s["sent"], s["held_out"], s["delivered"], s["displayed"], s["clicked"])
         typer.echo("{:>5} {:>5} {:>9} {:>10} {:>10} {:>8}".format(*row))
     _print_truth(settings.simulator_url, accepted.json()["schedule"], 20.0)
-    # ---- THE REPORT (GET /v4/push/{msg_id}/report: issue 11's lift per resend stage with its
-    # 95% interval, built on the branch that adds it). Printed as it comes until then. ----
+    # The report: each resend's lift over its holdout, with its 95% interval, beside the truth.
     if report.status_code == 200:
+        from relance import console
+
         typer.echo("\nreport (GET /v4/push/{msg_id}/report):")
-        typer.echo(json.dumps(report.json(), indent=2))
+        console.terminal().print(console.report_table(report.json()))
     else:
         typer.echo(f"\nreport: GET /v4/push/{msg_id}/report answered {report.status_code}")
     typer.echo(

@@ -47,29 +47,65 @@ def status_table(status: dict[str, Any]) -> Group:
     return Group(head, table, foot, f"Temporal UI: {status.get('temporal_ui', '')}")
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
-        return f"[{value[0]:.3g}, {value[1]:.3g}]"  # an interval
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
-    return "–" if value is None else str(value)
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.1f}%"
+
+
+def _lift(c: dict[str, Any] | None) -> str:
+    """A comparison in words: the difference in points with its interval and p, or why not."""
+    if not c:
+        return "–"
+    if not c.get("enough_data"):
+        return f"not enough data ({c.get('note') or 'too few recipients'})"
+    d = c["difference"]
+    mark = " *" if c.get("significant") else ""
+    return (
+        f"{100 * d['estimate']:+.1f} pts [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}], "
+        f"p={c['p_value']:.3f}{mark}"
+    )
 
 
 def report_table(report: dict[str, Any]) -> Group:
-    """One row per entry of each list in the report (stages, variants...), its fields as
-    columns; the report's other fields above."""
-    parts: list[Any] = []
-    for name, value in report.items():
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            columns = list(dict.fromkeys(k for row in value for k in row))
-            table = Table(*columns, title=name)
-            for row in value:
-                table.add_row(*(_cell(row.get(c)) for c in columns))
-            parts.append(table)
-        else:
-            parts.insert(0, f"{name}: {_cell(value)}")
+    """`GET /v4/push/{msg_id}/report` as tables: per stage (and holdout, and variant) the
+    funnel with its rates, then each resend's lift over its holdout and each variant against
+    the first, with their 95% intervals (* where significant)."""
+    head = (
+        f"push {report.get('msg_id')} · {report.get('state')} · attribution window "
+        f"{report.get('attribution_window')} · confidence {report.get('confidence')}"
+    )
+    funnel = Table(
+        "stage", "group", "targeted", "sent", "held out", "delivered", "clicked", "click rate",
+        "converted", "conv. rate", "value", "unsubscribed", title="funnel per stage",
+    )  # fmt: skip
+    lifts = Table("stage", "against", "clicks", "conversions", title="what the resend caused")
+
+    def row(stage: int, group: str, g: dict[str, Any]) -> None:
+        funnel.add_row(
+            str(stage), group, str(g.get("targeted", 0)), str(g.get("sent", 0)),
+            str(g.get("held_out", 0)), str(g.get("delivered", 0)), str(g.get("clicked", 0)),
+            _pct(g.get("clicked_rate")), str(g.get("converted", 0)),
+            _pct(g.get("converted_rate")), f"{g.get('conversion_value', 0):.2f}",
+            str(g.get("unsubscribed", 0)),
+        )  # fmt: skip
+
+    for stage in report.get("stages", []):
+        n = stage["stage"]
+        row(n, "all", stage)
+        if stage.get("holdout"):
+            row(n, "holdout", stage["holdout"])
+        for v in stage.get("variants", []):
+            row(n, f"variant {v['variant']}", v)
+        lift = stage.get("lift") or {}
+        if lift:
+            lifts.add_row(
+                str(n), "its holdout", _lift(lift.get("clicked")), _lift(lift.get("converted"))
+            )
+        for c in stage.get("comparisons", []):
+            against = f"{c['variant']} vs {c['against']}"
+            lifts.add_row(str(n), against, _lift(c["clicked"]), _lift(c["converted"]))
+    parts: list[Any] = [head, funnel]
+    if lifts.row_count:
+        parts.append(lifts)
     return Group(*parts)
 
 
