@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict
@@ -125,8 +126,19 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
-        """Liveness, and whether Temporal is connected."""
-        return Health(status="ok", temporal=context.client is not None)
+        """Liveness (`status` ok: this process serves; no need to restart it), and whether
+        Temporal answers right now (a health check, at most 1 s), not merely whether it once
+        did: while the server is down pushes are refused with 503, and this says why."""
+        return Health(status="ok", temporal=await _temporal_answers())
+
+    async def _temporal_answers() -> bool:
+        if context.client is None:
+            return False
+        try:
+            service = context.client.service_client
+            return await service.check_health(timeout=timedelta(seconds=1))
+        except Exception:  # noqa: BLE001 — unreachable, or its answer did not come in time
+            return False
 
     if settings.api_metrics:
         registry = api_registry(engine)

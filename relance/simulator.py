@@ -104,6 +104,8 @@ class Fleet:
         self.seen_keys: set[str] = set()
         self.busy_answered: set[tuple[str, int, str]] = set()
         self.contents: dict[tuple[str, int, str], SimMessage] = {}
+        # When each (msg_id, stage, device) first arrived, wall-clock seconds: stage lateness.
+        self.first_at: dict[tuple[str, int, str], float] = {}
         self.fates: dict[tuple[str, int, str], list[str]] = {}
         self.reported: Counter[tuple[str, int | None, str]] = Counter()
         self._queue: list[tuple[float, int, dict[str, Any]]] = []
@@ -155,6 +157,7 @@ class Fleet:
                 )
                 continue
             self.received[key] += 1
+            self.first_at.setdefault(key, time.time())
             if m.registration_id.startswith("dead-"):
                 results.append(
                     {
@@ -299,6 +302,7 @@ class Fleet:
                 "notify": sim.notify,
                 "message": sim.message,
                 "received": self.received[(m, s, rid)],
+                "received_at": self.first_at.get((m, s, rid)),
                 "fate": self.fates.get((m, s, rid), []),
             }
             for (m, s, rid), sim in sorted(self.contents.items(), key=lambda kv: kv[0])

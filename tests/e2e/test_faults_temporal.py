@@ -1,0 +1,223 @@
+"""The Temporal server SIGKILLed while journeys wait on their resend timers, then restarted on
+the same SQLite file and port, with the API and the worker left running: every stage of every
+journey reaches each (simulated) device exactly once, none early and none more than LATE_BOUND
+seconds after the later of its planned time and the server's return; while the server is down
+`POST /v4/push` answers 503 in EngageLab's shape and /healthz says `temporal: false`, and both
+processes come back by themselves. On SQLite and on PostgreSQL ledgers.
+
+The Temporal server is the dev server as `relance dev` runs it (cli.temporal_dev_command): its
+state (histories, timers) is in its SQLite file, so a timer due while it was down fires when it
+is back. Durations are scaled down: resend windows of seconds, an outage of about 10 s (what
+the API takes to refuse a push: its Temporal client retries the start for up to 10 s, then 503).
+
+A push accepted during the outage: with a `request_id` it stays recorded (the 503 says "retry
+the same request"); the client that retries it after the outage gets the same msg_id, and the
+one nobody retries is started by the API's journey repair loop (here every 0.5 s for pushes
+older than 2 s). Each is sent exactly once. Without a `request_id` nothing is kept."""
+
+import asyncio
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from cli import temporal_dev_command, wait_port
+from tests.e2e.conftest import Stack, relance_stack
+from tests.e2e.faults import fresh_database, ledger_pushes, per_device, register, state
+from tests.stack import eventually, free_port
+
+DEVICES = [f"silent-tkill-{i}" for i in range(5)]
+# Stage 0 now; the trigger window closes 2 s later; stage 1 one second after that (due while the
+# server is down), stage 2 fourteen seconds after it (due after the server is back).
+RESEND = {
+    "trigger": {"condition": "not_clicked", "within": "2s"},
+    "stages": [
+        {"after": "1s", "notification": {"alert": "Still there?"}},
+        {"after": "14s", "notification": {"alert": "Last call"}},
+    ],
+}
+REPAIR = {
+    "RELANCE_JOURNEY_REPAIR_INTERVAL_SECONDS": "0.5",
+    "RELANCE_JOURNEY_REPAIR_AFTER_SECONDS": "2",
+}
+# How late a stage may reach its devices after the later of its planned time and the server's
+# return. The worker's pollers retry a failed long poll with the SDK's fixed backoff (200 ms
+# doubling, capped at 10 s, 20 % jitter: at most 12 s between tries, however long the outage),
+# then the timer's workflow task and a 5-device send take about a second. So 13 s, whatever the
+# outage; measured here 3 s after a 10 s outage (5 to 9 s after a 25 s one), and about 0.2 s for
+# a stage due once the server is back.
+LATE_BOUND = 13.0
+
+
+class TemporalServer:
+    """`temporal server start-dev` on a fixed port and SQLite file, as a process to kill."""
+
+    def __init__(self, db_file: Path, log: Path) -> None:
+        self.port, self.ui_port = free_port(), free_port()
+        self.cmd = temporal_dev_command(db_file, self.port, self.ui_port)
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+        wait_port(self.port)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "sqlite":
+        return None
+    return fresh_database(request.getfixturevalue("postgres_url"))
+
+
+def push_body(request_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "to": {"registration_id": DEVICES},
+        "body": {"notification": {"alert": "Hello"}},
+        "resend": RESEND,
+    }
+    return body if request_id is None else {**body, "request_id": request_id}
+
+
+async def healthz_temporal(stack: Stack) -> bool | None:
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            return bool((await http.get(f"{stack.api_url}/healthz")).json()["temporal"])
+    except httpx.HTTPError:
+        return None
+
+
+async def post(stack: Stack, body: dict[str, Any]) -> httpx.Response:
+    async with stack.api() as api:
+        return await api.post("/v4/push", json=body)
+
+
+async def arrivals(stack: Stack, msg_id: str, stage: int) -> list[float]:
+    """When each device first got the stage (wall clock, at the simulator), all devices' or []."""
+    rows = await _messages(stack, msg_id, stage)
+    return sorted(r["received_at"] for r in rows) if len(rows) == len(DEVICES) else []
+
+
+async def _messages(stack: Stack, msg_id: str, stage: int) -> list[dict[str, Any]]:
+    async with stack.simulator() as sim:
+        return list((await sim.get(f"/v1/messages/{msg_id}/{stage}")).json())
+
+
+async def test_temporal_killed_while_journeys_wait_every_stage_fires_once_and_late_by_outage(
+    tmp_path: Path, ledger_url: str | None
+) -> None:
+    server = TemporalServer(tmp_path / "temporal.db", tmp_path / "temporal.log")
+    server.start()
+    try:
+        client = await Client.connect(
+            f"127.0.0.1:{server.port}", data_converter=pydantic_data_converter
+        )
+        with relance_stack(client, tmp_path, [], extra_env=REPAIR, database_url=ledger_url) as st:
+            await run_the_outage(st, server)
+    finally:
+        server.stop()
+
+
+async def run_the_outage(stack: Stack, server: TemporalServer) -> None:
+    await register(stack, DEVICES, "tkill")
+    planned: dict[str, list[float]] = {}
+    async with stack.api() as api:
+        for _ in range(3):
+            accepted = await api.post("/v4/push", json=push_body())
+            assert accepted.status_code == 200, accepted.text
+            schedule = accepted.json()["schedule"]
+            planned[accepted.json()["msg_id"]] = [
+                datetime.fromisoformat(s).timestamp() for s in schedule
+            ]
+    journeys = list(planned)
+
+    # All three sent stage 0 and wait on their timers: the server is killed.
+    async def stage0_everywhere() -> bool:
+        return all([await arrivals(stack, m, 0) for m in journeys])
+
+    await eventually(stage0_everywhere, timeout=20)
+    for msg_id in journeys:
+        assert await state(stack, msg_id) == "waiting"
+    server.kill()
+    down_at = time.time()
+
+    # Down: pushes answer 503 in EngageLab's shape, /healthz says so, nothing is sent.
+    pushes_before = set(ledger_pushes(stack))
+    started = time.monotonic()
+    kept, retried, dropped = await asyncio.gather(
+        post(stack, push_body("outage-nobody-retries")),
+        post(stack, push_body("outage-client-retries")),
+        post(stack, push_body()),
+    )
+    took = time.monotonic() - started
+    for answer in (kept, retried, dropped):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == 21503, answer.text
+        assert "retry the same request" in answer.json()["error"]["message"]
+    assert took < 15, f"pushes took {took:.1f}s to be refused"  # the client's retries: 10 s
+    assert await healthz_temporal(stack) is False
+    # Those with a request_id stay recorded (a retry converges on them); the other is gone.
+    outage_pushes = set(ledger_pushes(stack)) - pushes_before
+    assert len(outage_pushes) == 2, outage_pushes
+    await asyncio.sleep(max(0.0, down_at + 6 - time.time()))  # an outage of at least 6 s
+    for msg_id in journeys:
+        assert await _messages(stack, msg_id, 1) == [], "a stage was sent while Temporal was down"
+
+    # Back on the same file and port; the API and the worker are not touched.
+    server.start()
+    back_at = time.time()
+    for part in stack.parts.values():
+        assert part.proc is not None and part.proc.poll() is None, f"{part.name} exited"
+    await eventually(lambda: healthz_temporal(stack), timeout=15)
+
+    async with stack.api() as api:
+        again = await api.post("/v4/push", json=push_body("outage-client-retries"))
+    assert again.status_code == 200, again.text
+    retried_msg_id = again.json()["msg_id"]
+    assert retried_msg_id in outage_pushes
+    journeys += sorted(outage_pushes)
+
+    async def all_completed() -> bool:
+        return all([await state(stack, m) == "completed" for m in journeys])
+
+    await eventually(all_completed, timeout=60)
+    assert set(ledger_pushes(stack)) == set(journeys)  # nothing else was made
+    for msg_id in journeys:
+        for stage in range(3):
+            assert await per_device(stack, msg_id, stage) == dict.fromkeys(DEVICES, 1), (
+                msg_id,
+                stage,
+            )
+
+    # The journeys that waited through the outage: stage 1 came due while the server was down,
+    # stage 2 after it was back; each is on time, or late by the outage and LATE_BOUND at most.
+    assert all(down_at < times[1] < back_at < times[2] for times in planned.values()), planned
+    lateness = {}
+    for msg_id, times in planned.items():
+        for stage, at in enumerate(times):
+            got = await arrivals(stack, msg_id, stage)
+            due = max(at, back_at) if at > down_at else at
+            assert got[0] >= at - 0.5, f"{msg_id} stage {stage} early by {at - got[0]:.1f}s"
+            lateness[(msg_id, stage)] = got[-1] - due
+    assert max(lateness.values()) <= LATE_BOUND, lateness
