@@ -2,10 +2,11 @@
 recorded so that a crashed attempt resumes without sending anyone the stage twice."""
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, literal, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, literal, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -88,27 +89,20 @@ class Page:
     exhausted: bool  # fewer rows than asked for: nothing is left after `last_id`
 
 
-def claim_batch(
-    engine: Engine,
+def open_page(
+    session: Session,
+    app_key: str,
     msg_id: str,
     stage: int,
     after_id: int,
     limit: int,
-    variants: list[str] | None = None,
-) -> Page:
-    """The next deliveries to send after `after_id`, marked `sending` in the same transaction:
-    from here on they may reach devices, so a retry asks the provider before sending again.
-    With `variants`, only those A/B variants' deliveries (a variant sent after a delay).
-
-    Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
-    ORM objects: this runs once per batch of a million-recipient stage."""
-    with Session(engine) as session:
-        app_key = session.execute(
-            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
-        ).scalar_one_or_none()
-        if app_key is None:
-            return Page([], None, True)
-        rows = session.execute(
+    extra: Sequence[ColumnElement[bool]] = (),
+) -> list[Any]:
+    """The stage's next open deliveries after `after_id` (narrowed by `extra`), each with what
+    sending it needs: (id, registration_id, status, platform, stopped, device valid — None when
+    the device is gone —, attributes, variant). What every claim reads."""
+    return list(
+        session.execute(
             sa_select(
                 col(Delivery.id),
                 col(Delivery.registration_id),
@@ -139,11 +133,36 @@ def claim_batch(
                 col(Delivery.stage) == stage,
                 col(Delivery.id) > after_id,
                 col(Delivery.status).in_(OPEN_DELIVERIES),
-                *([] if variants is None else [col(Delivery.variant).in_(variants)]),
+                *extra,
             )
             .order_by(col(Delivery.id))
             .limit(limit)
         ).all()
+    )
+
+
+def claim_batch(
+    engine: Engine,
+    msg_id: str,
+    stage: int,
+    after_id: int,
+    limit: int,
+    variants: list[str] | None = None,
+) -> Page:
+    """The next deliveries to send after `after_id`, marked `sending` in the same transaction:
+    from here on they may reach devices, so a retry asks the provider before sending again.
+    With `variants`, only those A/B variants' deliveries (a variant sent after a delay).
+
+    Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
+    ORM objects: this runs once per batch of a million-recipient stage."""
+    with Session(engine) as session:
+        app_key = session.execute(
+            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
+        ).scalar_one_or_none()
+        if app_key is None:
+            return Page([], None, True)
+        extra = [] if variants is None else [col(Delivery.variant).in_(variants)]
+        rows = open_page(session, app_key, msg_id, stage, after_id, limit, extra)
         items: list[Outbound] = []
         skipped: list[int] = []
         claimed: list[int] = []

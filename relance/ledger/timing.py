@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, update
+from sqlalchemy import ColumnElement, delete, exists, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -17,8 +17,8 @@ from relance.db import Delivery, Device, DeviceSend, Push, Recipient, ThrottleMi
 from relance.ledger._base import NotFound, chunks, insert_for, on_postgresql
 from relance.ledger.events import event_key, store_events
 from relance.ledger.groups import assign_in
-from relance.ledger.sending import Outbound, Page
-from relance.states import OPEN_DELIVERIES, DeliveryStatus
+from relance.ledger.sending import Outbound, Page, open_page
+from relance.states import DeliveryStatus
 from relance.timing import MAX_CAP_WINDOW, FrequencyCap
 
 
@@ -127,42 +127,7 @@ def claim_timed(
     lock from its start, so two journeys racing for a device's last slot cannot both take it."""
     with Session(engine) as session:
         app_key = _app_key(session, msg_id)
-        rows = session.execute(
-            sa_select(
-                col(Delivery.id),
-                col(Delivery.registration_id),
-                col(Delivery.status),
-                col(Recipient.platform),
-                col(Recipient.stopped),
-                col(Device.valid),
-                col(Device.attributes),
-                col(Delivery.variant),
-            )
-            .join(
-                Recipient,
-                and_(
-                    col(Recipient.msg_id) == col(Delivery.msg_id),
-                    col(Recipient.registration_id) == col(Delivery.registration_id),
-                ),
-            )
-            .join(
-                Device,
-                and_(
-                    col(Device.app_key) == app_key,
-                    col(Device.registration_id) == col(Delivery.registration_id),
-                ),
-                isouter=True,
-            )
-            .where(
-                col(Delivery.msg_id) == msg_id,
-                col(Delivery.stage) == stage,
-                col(Delivery.id) > after_id,
-                col(Delivery.status).in_(OPEN_DELIVERIES),
-                *_in_zones(claim.zones),
-            )
-            .order_by(col(Delivery.id))
-            .limit(limit)
-        ).all()
+        rows = open_page(session, app_key, msg_id, stage, after_id, limit, _in_zones(claim.zones))
         skipped: dict[str, list[int]] = {}
         candidates = []
         for delivery_id, rid, status, platform, stopped, valid, attributes, _ in rows:
