@@ -108,3 +108,44 @@ async def test_one_of_two_workers_killed_mid_stage_sends_each_device_once(
         assert running.proc is not None and running.proc.returncode == -signal.SIGKILL
         assert (await received(st, msg_id))["received"] < len(devices)
         await assert_exactly_once(st, msg_id, devices)
+
+
+async def test_a_worker_sigtermed_mid_stage_hands_the_send_back_at_once(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """A deploy stops a worker with SIGTERM mid-stage: it stops polling, gives the running send
+    RELANCE_WORKER_GRACEFUL_SHUTDOWN_SECONDS (2 here) to finish, then hands it back; it exits 0
+    within its grace, and the other worker completes the stage at once — well before the 30 s
+    heartbeat timeout that a SIGKILLed worker's activity waits out — each device once."""
+    devices = [f"silent-term-{i:04d}" for i in range(4000)]
+    simulator = ["--send-latency-ms", "400"]  # a stage of ~8 s: longer than the grace
+    grace = {"RELANCE_WORKER_GRACEFUL_SHUTDOWN_SECONDS": "2"}
+    with relance_stack(dev_server.client, tmp_path, simulator, 50, extra_env=grace) as st:
+        first = st.parts["worker"]
+        env = {**first.env, "RELANCE_WORKER_METRICS_PORT": str(free_port())}
+        second = Part("worker2", ["worker"], env, tmp_path)
+        st.parts["worker2"] = second
+        second.start()
+        await register(st, devices, "term")
+        await asyncio.sleep(2)  # both polling
+        msg_id = await push_to_tag(st, "term")
+        await until_received(st, msg_id, 300)
+        handle = dev_server.client.get_workflow_handle(f"push-{msg_id}")
+        pending = (await handle.describe()).raw_description.pending_activities
+        identity = next(a.last_worker_identity for a in pending if a.last_worker_identity)
+        pid = int(identity.split("@")[0])
+        running = next(p for p in (first, second) if p.proc and p.proc.pid == pid)
+        assert running.proc is not None
+        stopped_at = asyncio.get_running_loop().time()
+        running.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(running.proc.wait, 15)
+        assert code == 0, f"the worker exited {code} on SIGTERM"
+        assert (await received(st, msg_id))["received"] < len(devices)
+
+        async def all_received() -> bool:
+            return (await received(st, msg_id))["received"] >= len(devices)
+
+        await eventually(all_received, timeout=60)
+        took = asyncio.get_running_loop().time() - stopped_at
+        assert took < 25, f"the stage finished {took:.1f} s after the SIGTERM"
+        await assert_exactly_once(st, msg_id, devices)
