@@ -568,17 +568,29 @@ def _stop(procs: list[subprocess.Popen[Any]]) -> None:
     temporal, rest = procs[:1], procs[1:]
     simulator = [p for p in rest if "simulator" in str(p.args)]
     parts = [p for p in rest if p not in simulator]
+
+    def name(p: subprocess.Popen[Any]) -> str:
+        args = [str(a) for a in p.args] if isinstance(p.args, list | tuple) else [str(p.args)]
+        if p in temporal:
+            return "temporal"
+        return next((a for a in ("api", "worker", "simulator") if a in args), "process")
+
     for wave, timeout in ((parts, 6.0), (simulator, 1.5), (temporal, 2.0)):
         for p in wave:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout
+        killed = []
         for p in wave:
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+                killed.append(name(p))
+        if wave:
+            done = ", ".join(sorted(name(p) for p in wave))
+            typer.echo(f"relance dev: stopped {done}" + (f" (killed {killed})" if killed else ""))
 
 
 @main.command()

@@ -53,6 +53,8 @@ def stop_dev(proc: subprocess.Popen[str], ports: dict[str, int], log: Path) -> N
         if re.search(r"WARNING|ERROR|Traceback|refused|Exception", line, re.I)
     ]
     assert noisy == [], tail
+    stops = re.findall(r"relance dev: stopped (.+)", tail)
+    assert stops == ["api, worker", "simulator", "temporal"], tail  # in this order, none killed
     for port in ports.values():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
