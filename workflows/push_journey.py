@@ -516,6 +516,7 @@ class PushJourney:
                     skipped=s.skipped,
                     delivered=s.delivered,
                     clicked=s.clicked,
+                    held_out=s.held_out,
                     deferred=s.deferred,
                 )
                 for s in funnel.stages
@@ -525,7 +526,8 @@ class PushJourney:
             )
         else:
             rows = [
-                FunnelRow(s.stage, s.targeted, s.sent, s.failed, s.skipped) for s in self._stages
+                FunnelRow(s.stage, s.targeted, s.sent, s.failed, s.skipped, held_out=s.held_out)
+                for s in self._stages
             ]
             totals = Totals(p.recipients, p.delivered, p.displayed, p.clicked, p.failed)
         workflow.set_current_details(
