@@ -56,7 +56,7 @@ def _lift(c: dict[str, Any] | None) -> str:
     if not c:
         return "–"
     if not c.get("enough_data"):
-        return f"not enough data ({c.get('note') or 'too few recipients'})"
+        return str(c.get("note") or "not enough data")
     d = c["difference"]
     mark = " *" if c.get("significant") else ""
     return (
