@@ -207,7 +207,7 @@ class PushJourney:
         if not groups or not workflow.patched("variant-delays"):
             await self._send(stage, scheduled_at, plan.local_send)
             return
-        for i, group in enumerate(groups):
+        for group in groups:
             at = scheduled_at + timedelta(seconds=group.delay_seconds)
             if at > workflow.now():  # a durable timer; a cancel or a failure stops the rest
                 try:
@@ -221,7 +221,7 @@ class PushJourney:
                     pass
             if self._cancelled or self._error:
                 return
-            await self._send(stage, scheduled_at, plan.local_send, group.variants, first=i == 0)
+            await self._send(stage, scheduled_at, plan.local_send, group.variants)
 
     async def _finish(self, plan: JourneyPlan) -> JourneyResult:
         self._next_stage, self._next_stage_at, self._observe_until = None, None, None
@@ -391,7 +391,6 @@ class PushJourney:
         scheduled_at: datetime,
         local: bool,
         variants: list[str] | None = None,
-        first: bool = True,
     ) -> None:
         started = workflow.now()
         inp = SendStageInput(
@@ -419,23 +418,8 @@ class PushJourney:
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
-        if not first:  # a later group of variants: the stage's counts, now absolute
-            self._record(stage, scheduled_at, started, result)
-            return
-        self._stages.append(
-            StageSummary(
-                stage=stage,
-                scheduled_at=scheduled_at,
-                sent_at=started,
-                targeted=result.targeted,
-                sent=result.sent,
-                failed=result.failed,
-                skipped=result.skipped,
-                held_out=result.held_out,
-            )
-        )
-        self._show()
-        self._say(stage, result)
+        # The stage's summary: new, or (a later group of variants) its counts, now absolute.
+        self._record(stage, scheduled_at, started, result)
 
     async def _send_locally(self, inp: SendStageInput) -> SendStageResult | None:
         """One pass of a small stage inside this workflow task; None when the local attempts
