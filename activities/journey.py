@@ -151,9 +151,24 @@ class JourneyActivities:
             activity.heartbeat({"cursor": cursor})
         if queued or activity.info().attempt > 1:
             await self._wake_callbacks(push.app_key)
+        return await self._stage_result(
+            inp,
+            retry_in=retry_in if inp.one_pass else None,
+            config_error=report.config_error,
+            pending=True,
+        )
+
+    async def _stage_result(
+        self, inp: SendStageInput, pending: bool = False, **extra: Any
+    ) -> SendStageResult:
+        """What a send returns: the stage's deliveries by status and the push's progress, read
+        from the ledger after the send (absolute counts, whatever an earlier attempt did);
+        with `pending`, how many are still open."""
         counts, progress = await asyncio.to_thread(
             ledger.stage_result, self.engine, inp.msg_id, inp.stage
         )
+        if pending:
+            extra["pending"] = sum(counts.get(s, 0) for s in OPEN_DELIVERIES)
         return SendStageResult(
             stage=inp.stage,
             targeted=sum(counts.values()),
@@ -161,10 +176,8 @@ class JourneyActivities:
             failed=counts.get(DeliveryStatus.failed, 0),
             skipped=counts.get(DeliveryStatus.skipped, 0),
             held_out=counts.get(DeliveryStatus.held_out, 0),
-            pending=sum(counts.get(s, 0) for s in OPEN_DELIVERIES),
-            retry_in=retry_in if inp.one_pass else None,
             progress=progress,
-            config_error=report.config_error,
+            **extra,
         )
 
     @activity.defn
@@ -238,20 +251,8 @@ class JourneyActivities:
                 break
         if queued or activity.info().attempt > 1:
             await self._wake_callbacks(app_key)
-        counts, progress = await asyncio.to_thread(
-            ledger.stage_result, self.engine, inp.msg_id, inp.stage
-        )
-        return SendStageResult(
-            stage=inp.stage,
-            targeted=sum(counts.values()),
-            sent=counts.get(DeliveryStatus.sent, 0),
-            failed=counts.get(DeliveryStatus.failed, 0),
-            skipped=counts.get(DeliveryStatus.skipped, 0),
-            held_out=counts.get(DeliveryStatus.held_out, 0),
-            retry_in=report.retry_in,
-            progress=progress,
-            config_error=report.config_error,
-            more=more,
+        return await self._stage_result(
+            inp, retry_in=report.retry_in, config_error=report.config_error, more=more
         )
 
     async def _send_pass(
