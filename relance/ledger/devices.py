@@ -27,6 +27,7 @@ from relance.ledger.tags import (
     count_app_aliases,
     existing_tags,
     lock_app,
+    of_devices,
     sync_json,
 )
 from relance.models import DeviceIn
@@ -274,19 +275,11 @@ def device_status(
     the device's latest report is what it knows of its being online."""
     since = utcnow() - timedelta(seconds=online_seconds)
     with Session(reading(engine)) as session:
-        seen: dict[str, datetime | None] = {}
-        for some in chunks(list(dict.fromkeys(registration_ids)), 1000):
-            seen.update(
-                session.execute(
-                    sa_select(col(Device.registration_id), col(Device.last_seen_at)).where(
-                        col(Device.app_key) == app_key, col(Device.registration_id).in_(some)
-                    )
-                ).all()
-            )
+        seen = of_devices(
+            session, app_key, registration_ids, col(Device.last_seen_at), "registration_ids"
+        )
     out = []
-    for i, rid in enumerate(registration_ids):
-        if rid not in seen:
-            raise NotFound(f"registration_ids[{i}]", f"no device {rid!r} for this app")
+    for rid in registration_ids:
         last = seen[rid]
         if last is not None and last.tzinfo is None:
             last = last.replace(tzinfo=UTC)

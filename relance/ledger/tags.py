@@ -193,15 +193,16 @@ def list_tags(engine: Engine, app_key: str) -> list[str]:
         )
 
 
-def _device_ids(
-    session: Session, app_key: str, registration_ids: list[str], field: str
-) -> dict[str, int]:
-    """registration_id: device id; an unknown one is refused, naming its place in `field`."""
-    found: dict[str, int] = {}
+def of_devices(
+    session: Session, app_key: str, registration_ids: list[str], column: Any, field: str
+) -> dict[str, Any]:
+    """registration_id: `column` of that device of the app, read a thousand ids at a time; an
+    unknown one is refused, naming its place in `field`."""
+    found: dict[str, Any] = {}
     for some in chunks(list(dict.fromkeys(registration_ids)), 1000):
         found.update(
             session.execute(
-                sa_select(col(Device.registration_id), col(Device.id)).where(
+                sa_select(col(Device.registration_id), column).where(
                     col(Device.app_key) == app_key, col(Device.registration_id).in_(some)
                 )
             ).all()
@@ -210,6 +211,13 @@ def _device_ids(
         if rid not in found:
             raise NotFound(f"{field}[{i}]", f"no device {rid!r} for this app")
     return found
+
+
+def _device_ids(
+    session: Session, app_key: str, registration_ids: list[str], field: str
+) -> dict[str, int]:
+    """registration_id: device id; an unknown one is refused, naming its place in `field`."""
+    return of_devices(session, app_key, registration_ids, col(Device.id), field)
 
 
 def set_tag(
