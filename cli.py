@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -528,8 +529,14 @@ def dev(
     me = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen[Any]] = []
     temporal = temporal_dev_command(STATE_DIR / "temporal.db", temporal_port, ui_port)
+    temporal_stopping = threading.Event()
     try:
-        procs.append(subprocess.Popen(temporal, env=env))
+        procs.append(
+            subprocess.Popen(
+                temporal, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+        _relay(procs[0], STATE_DIR / "temporal.log", temporal_stopping)
         wait_port(temporal_port)
         procs.append(subprocess.Popen([*me, "worker"], env=env))
         procs.append(subprocess.Popen([*me, "api", "--port", str(api_port)], env=env))
@@ -546,6 +553,7 @@ def dev(
             + (f", :{worker_metrics_port}/metrics (worker)" if worker_metrics_port else "")
             + "\n"
             f'  Temporal UI   http://127.0.0.1:{ui_port}  (filter: RelanceMsgId="<msg_id>")\n'
+            + f"  Temporal log  {STATE_DIR / 'temporal.log'}\n"
             + (f"  simulator     http://127.0.0.1:{simulator_port}\n" if simulate else "")
             + f"  app key       {key}\n  master secret {secret}\n"
             "Try `make demo` (relance demo) in another terminal. Ctrl-C stops everything.\n"
@@ -558,10 +566,29 @@ def dev(
     except KeyboardInterrupt:
         typer.echo("stopping…")
     finally:
-        _stop(procs)
+        _stop(procs, temporal_stopping)
 
 
-def _stop(procs: list[subprocess.Popen[Any]]) -> None:
+def _relay(proc: subprocess.Popen[str], log: Path, stopping: threading.Event) -> None:
+    """Copy the Temporal dev server's output to `log`, and to this terminal until it is asked
+    to stop. Its own shutdown can log a gRPC race as an ERROR ("unable to add metrics baggage
+    to gRPC trailer"), which says nothing about relance or the journeys, which Temporal keeps:
+    from then on its lines go to the file only, and the stop line says where they are."""
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                if not stopping.is_set():
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+
+    threading.Thread(target=pump, name="temporal-log", daemon=True).start()
+
+
+def _stop(procs: list[subprocess.Popen[Any]], temporal_stopping: threading.Event) -> None:
     """Stop in waves, within 10 s: the API and the worker first (the worker hands back its
     activities while Temporal still answers, so it logs no "connection refused"), then the
     simulator, then Temporal. A part still running at its wave's end is killed."""
@@ -576,6 +603,8 @@ def _stop(procs: list[subprocess.Popen[Any]]) -> None:
         return next((a for a in ("api", "worker", "simulator") if a in args), "process")
 
     for wave, timeout in ((parts, 6.0), (simulator, 1.5), (temporal, 2.0)):
+        if wave is temporal:
+            temporal_stopping.set()
         for p in wave:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
