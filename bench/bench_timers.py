@@ -245,6 +245,8 @@ def push_body(token: str, within: float) -> dict[str, Any]:
         "resend": {
             "trigger": {"condition": "not_clicked", "within": f"{within:.3f}s"},
             "stages": [{"after": f"{AFTER:g}s", "notification": {"alert": "stage 1"}}],
+            # Complete after stage 1: by default a journey observes for its trigger window more.
+            "observe": "0s",
         },
     }
 
