@@ -5,10 +5,17 @@ so a wake lost to a crash costs delay, never a callback.
 
 No journey gets more than one signal per second, whatever the interval: a journey signalled
 less than MIN_SIGNAL_GAP_SECONDS ago stays marked until its gap has passed (Temporal advises
-under ~5 signals per second per workflow; the interval only sets how soon the first one goes)."""
+under ~5 signals per second per workflow; the interval only sets how soon the first one goes).
+
+A signal also carries the push's per-stage counts (the live funnel of the journey's "current
+details"). That read grows with the push, so a journey gets it at most once per
+recipients / STAGE_READ_RECIPIENTS_PER_SECOND seconds (every signal up to 50,000 recipients,
+every 20 s at a million); a signal that goes without it leaves the journey due one more, with
+it, once that time has passed, so the last events' per-stage counts always arrive."""
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -23,6 +30,7 @@ from relance.ledger import outbox
 log = logging.getLogger("relance.api.signals")
 
 MIN_SIGNAL_GAP_SECONDS = 1.0
+STAGE_READ_RECIPIENTS_PER_SECOND = 50_000
 
 
 class SignalCoalescer:
@@ -33,7 +41,9 @@ class SignalCoalescer:
         task_queue: str,
         sweep_seconds: float = 30,
         clock: Callable[[], float] = time.monotonic,
+        stage_read_rate: float = STAGE_READ_RECIPIENTS_PER_SECOND,
     ) -> None:
+        self.stage_read_rate = stage_read_rate
         self.engine = engine
         self.clock = clock
         self.interval = interval
@@ -45,6 +55,10 @@ class SignalCoalescer:
         # When each journey's last signal was sent (after the send: the gap is measured from
         # its arrival at the latest); forgotten once the gap has passed.
         self._last: dict[str, float] = {}
+        # When each journey's per-stage counts were last read; and, for those whose last signal
+        # went without them, when they may be read next.
+        self._stages_read: dict[str, float] = {}
+        self._stages_due: dict[str, float] = {}
 
     def mark(self, msg_ids: set[str]) -> None:
         self._dirty |= msg_ids
@@ -57,6 +71,12 @@ class SignalCoalescer:
             return
         now = self.clock()
         self._last = {m: t for m, t in self._last.items() if now - t < MIN_SIGNAL_GAP_SECONDS}
+        # Forgotten after 10 minutes: then the next signal reads them at once.
+        self._stages_read = {m: t for m, t in self._stages_read.items() if now - t < 600}
+        due = {m for m, t in self._stages_due.items() if t <= now}
+        for m in due:
+            del self._stages_due[m]
+        self._dirty |= due
         batch = {m for m in self._dirty if m not in self._last}
         self._dirty -= batch
         apps, self._apps = self._apps, set()
@@ -79,7 +99,15 @@ class SignalCoalescer:
         from workflows.push_journey import PushJourney
 
         assert self.client is not None
-        progress = await asyncio.to_thread(ledger.progress, self.engine, msg_id)
+        read = self._stages_read.get(msg_id)
+        now = self.clock()
+        budget = math.inf if read is None else (now - read) * self.stage_read_rate
+        progress = await asyncio.to_thread(ledger.progress, self.engine, msg_id, budget)
+        if progress.recipients <= budget:  # read (the ledger's own test)
+            self._stages_read[msg_id] = now
+            self._stages_due.pop(msg_id, None)
+        elif read is not None:
+            self._stages_due[msg_id] = read + progress.recipients / self.stage_read_rate
         try:
             await self.client.get_workflow_handle(workflow_id(msg_id)).signal(
                 PushJourney.record_progress, progress

@@ -9,9 +9,22 @@ from relance.states import JourneyState
 from relance.timing import FrequencyCap, Slot, Timing
 
 
+class StageProgress(BaseModel):
+    """One stage's deliveries as last read from the ledger (the held-out not counted), the
+    figures the final funnel gives that stage."""
+
+    stage: int
+    delivered: int = 0
+    displayed: int = 0
+    clicked: int = 0
+    deferred: int = 0  # held for quiet hours, a local time or a cap
+
+
 class Progress(BaseModel):
     """Recipient-level counts of a push, as of ledger version `seq` (absolute, so a repeated or
-    late signal changes nothing: the workflow keeps the highest `seq`)."""
+    late signal changes nothing: the workflow keeps the highest `seq`); with `stages`, the
+    per-stage counts of the same reading (empty: not read this time, the journey keeps its
+    last ones)."""
 
     seq: int = 0
     recipients: int = 0
@@ -20,6 +33,7 @@ class Progress(BaseModel):
     clicked: int = 0
     failed: int = 0
     stopped: int = 0
+    stages: list[StageProgress] = Field(default_factory=list)
 
 
 class DelayGroup(BaseModel):

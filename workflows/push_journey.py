@@ -455,8 +455,13 @@ class PushJourney:
                 return Wait.continue_as_new
 
     def _take(self, progress: Progress) -> None:
-        if progress.seq > self._progress.seq:
-            self._progress = progress
+        """The highest `seq` wins; a reading with per-stage counts at the same `seq` (a later
+        look at the deliveries) replaces the per-stage counts, and one without keeps them."""
+        if progress.seq > self._progress.seq or (
+            progress.stages and progress.seq == self._progress.seq
+        ):
+            stages = progress.stages or self._progress.stages
+            self._progress = progress.model_copy(update={"stages": stages})
             self._show()
 
     def _all_stopped(self) -> bool:
@@ -487,8 +492,9 @@ class PushJourney:
         )
 
     def _show(self, funnel: Funnel | None = None) -> None:
-        """The live funnel of the Temporal UI's "current details" (no command: replay-safe).
-        Per-stage deliveries and clicks come with the final funnel; until then, the totals."""
+        """The live funnel of the Temporal UI's "current details" (no command: replay-safe):
+        each stage's sends from its result, its deliveries and clicks from the last per-stage
+        reading the API signalled; at the end, the final funnel's."""
         p = self._progress
         if funnel is not None:
             rows = [
@@ -509,8 +515,19 @@ class PushJourney:
                 funnel.recipients, funnel.delivered, funnel.displayed, funnel.clicked, funnel.failed
             )
         else:
+            seen = {s.stage: s for s in p.stages}
             rows = [
-                FunnelRow(s.stage, s.targeted, s.sent, s.failed, s.skipped, held_out=s.held_out)
+                FunnelRow(
+                    s.stage,
+                    s.targeted,
+                    s.sent,
+                    s.failed,
+                    s.skipped,
+                    delivered=seen[s.stage].delivered if s.stage in seen else None,
+                    clicked=seen[s.stage].clicked if s.stage in seen else None,
+                    held_out=s.held_out,
+                    deferred=seen[s.stage].deferred if s.stage in seen else None,
+                )
                 for s in self._stages
             ]
             totals = Totals(p.recipients, p.delivered, p.displayed, p.clicked, p.failed)

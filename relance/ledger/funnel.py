@@ -2,25 +2,66 @@
 stage that the API and the journey's result report."""
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import case, exists, func
+from sqlalchemy import and_, case, exists, func
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from relance.db import Delivery, Push, reading
-from relance.journey import Funnel, Progress, StageFunnel, VariantFunnel
+from relance.journey import Funnel, Progress, StageFunnel, StageProgress, VariantFunnel
 from relance.ledger._base import NotFound
 from relance.ledger.report import report_rows
 from relance.report import group_of
 from relance.states import DeliveryStatus
 
 
-def progress(engine: Engine, msg_id: str) -> Progress:
+def progress(engine: Engine, msg_id: str, stages_up_to: float | None = None) -> Progress:
+    """The push's counts; with its per-stage counts too when it has at most `stages_up_to`
+    recipients (None: not read; `math.inf`: whatever its size). That read grows with the
+    push, so the API's signals take it only as often as its size allows."""
     with Session(reading(engine)) as session:
-        return progress_of(session.get(Push, msg_id))
+        push = session.get(Push, msg_id)
+        result = progress_of(push)
+        if push is not None and stages_up_to is not None and push.recipients <= stages_up_to:
+            result.stages = stage_progress(session, msg_id)
+        return result
+
+
+def stage_progress(session: Session, msg_id: str) -> list[StageProgress]:
+    """Delivered, displayed, clicked and deferred per stage, counted as the funnel counts
+    them (the held-out excluded): one grouped read of the push's deliveries."""
+    d = Delivery
+    observed = col(d.status) != DeliveryStatus.held_out.value
+
+    def seen(column: Any) -> Any:
+        return func.sum(case((and_(observed, column.is_not(None)), 1), else_=0))
+
+    rows = session.execute(
+        sa_select(
+            col(d.stage),
+            seen(col(d.delivered_at)),
+            seen(col(d.displayed_at)),
+            seen(col(d.clicked_at)),
+            func.count(col(d.held_until)),
+        )
+        .where(col(d.msg_id) == msg_id)
+        .group_by(col(d.stage))
+        .order_by(col(d.stage))
+    ).all()
+    return [
+        StageProgress(
+            stage=int(stage),
+            delivered=int(delivered or 0),
+            displayed=int(displayed or 0),
+            clicked=int(clicked or 0),
+            deferred=int(deferred or 0),
+        )
+        for stage, delivered, displayed, clicked, deferred in rows
+    ]
 
 
 def progress_of(push: Push | None) -> Progress:

@@ -6,6 +6,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from api.signals import MIN_SIGNAL_GAP_SECONDS, SignalCoalescer
+from relance import ledger
+from tests.relance.test_ledger import push, register
 
 
 class Clock:
@@ -22,20 +24,24 @@ class FakeClient:
     def __init__(self, clock: Clock, latency: float = 0.0) -> None:
         self.clock, self.latency = clock, latency
         self.sent: list[tuple[str, float]] = []
+        self.payloads: list[Any] = []
 
     def get_workflow_handle(self, workflow_id: str) -> Any:
         client = self
 
         class Handle:
-            async def signal(self, *_: Any) -> None:
+            async def signal(self, _: Any, payload: Any = None) -> None:
                 client.clock.now += client.latency
                 client.sent.append((workflow_id, client.clock.now))
+                client.payloads.append(payload)
 
         return Handle()
 
 
-def coalescer(engine: Engine, clock: Clock, latency: float = 0.0) -> tuple[SignalCoalescer, Any]:
-    c = SignalCoalescer(engine, interval=0.05, task_queue="tq", clock=clock)
+def coalescer(
+    engine: Engine, clock: Clock, latency: float = 0.0, **kw: Any
+) -> tuple[SignalCoalescer, Any]:
+    c = SignalCoalescer(engine, interval=0.05, task_queue="tq", clock=clock, **kw)
     fake = FakeClient(clock, latency)
     c.client = fake  # type: ignore[assignment]
     return c, fake
@@ -73,3 +79,35 @@ async def test_a_mark_inside_the_gap_is_signalled_once_it_has_passed(
     clock.now += 5
     await c.flush()
     assert len(fake.sent) == 2  # nothing new: nothing sent
+
+
+async def test_per_stage_counts_go_as_often_as_the_push_size_allows(sqlite_engine: Engine) -> None:
+    """The per-stage read grows with the push: a push of 30 recipients at 10 recipients read per
+    second gets it at most every 3 s; a signal without it leaves one due with it, so the last
+    events' per-stage counts still arrive."""
+    app = "signals-app"
+    ledger.create_app(sqlite_engine, app, "signals-secret-0123456789")
+    register(sqlite_engine, app, *({"registration_id": f"d{i:02d}"} for i in range(30)))
+    msg_id = push(sqlite_engine, app, "all")
+    clock = Clock()
+    c, fake = coalescer(sqlite_engine, clock, stage_read_rate=10)
+
+    def stages(i: int) -> list[int]:
+        return [s.stage for s in fake.payloads[i].stages]
+
+    c.mark({msg_id})
+    await c.flush()  # never read: read at once
+    assert (fake.payloads[0].recipients, stages(0)) == (30, [0])
+    clock.now += 1.5
+    c.mark({msg_id})
+    await c.flush()
+    assert stages(1) == []  # 1.5 s: 15 recipients' worth, not 30
+    clock.now += 1.0
+    await c.flush()
+    assert len(fake.sent) == 2  # not due yet (3 s after the read)
+    clock.now += 0.5
+    await c.flush()
+    assert len(fake.sent) == 3 and stages(2) == [0]  # due: sent with them, unmarked
+    clock.now += 10
+    await c.flush()
+    assert len(fake.sent) == 3

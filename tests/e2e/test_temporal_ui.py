@@ -117,3 +117,43 @@ async def test_a_journey_explains_itself_in_the_temporal_ui(
 async def _matching(handle: WorkflowHandle[Any, Any], *parts: str) -> str | None:
     details = await current_details(handle)
     return details if all(p in details for p in parts) else None
+
+
+async def test_the_current_details_show_each_stage_live(
+    dev_server: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """While the journey waits for its next stage, the current details show each stage's
+    deliveries and clicks so far, equal to the push's funnel in the API (not only at the end)."""
+    client = dev_server.client
+    scripted = dict.fromkeys(DEVICES[:15], 0) | dict.fromkeys(DEVICES[15:20], 1)
+    clicks = Behaviour(
+        p_click=[0.0], p_display=1.0, p_fail=0.0, min_delay_ms=1, max_delay_ms=5, clicks_at=scripted
+    )
+    async with inprocess_stack(client, tmp_path, task_queue, clicks) as stack:
+        devices = [{"registration_id": rid} for rid in DEVICES]
+        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+        request = body()
+        request["resend"]["stages"][1]["after"] = "10m"  # stage 2: far off, the journey waits
+        accepted = await stack.api.post("/v4/push", json=request)
+        assert accepted.status_code == 200, accepted.text
+        msg_id = accepted.json()["msg_id"]
+        handle = client.get_workflow_handle(f"push-{msg_id}")
+
+        async def live() -> tuple[str, list[dict[str, Any]]] | None:
+            stages = (await stack.api.get(f"/v4/push/{msg_id}")).json()["funnel"]["stages"]
+            if [(s["delivered"], s["clicked"]) for s in stages] != [(60, 15), (45, 5)]:
+                return None  # the devices' events are still coming
+            details = await current_details(handle)
+            rows = [
+                f"| {s['stage']} | {s['targeted']} | {s['sent']} | 0 | 0 "
+                f"| {s['delivered']} | {s['clicked']} |"
+                for s in stages
+            ]
+            return (details, stages) if all(r in details for r in rows) else None
+
+        details, stages = await eventually(live, timeout=30)
+        assert details.startswith("**waiting** · next: stage 2 at"), details
+        assert [s["sent"] for s in stages] == [60, 45]
+        assert (await handle.describe()).status.name == "RUNNING"
+        (await stack.api.delete(f"/v4/push/{msg_id}")).raise_for_status()
+        assert (await handle.result())["state"] == "cancelled"

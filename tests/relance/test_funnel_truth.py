@@ -176,6 +176,44 @@ def test_held_out_recipients_clicks_and_conversions_count(engine: Engine, app: s
     assert (funnel.held_out, funnel.clicked, funnel.converted) == (2, 1, 0)
 
 
+def test_the_live_per_stage_counts_equal_the_funnel(engine: Engine, app: str) -> None:  # noqa: F811
+    """What the API signals the journey for its live details: per stage, the funnel's delivered,
+    displayed and clicked (the held-out not counted), read only when the push is small enough;
+    a duplicate event changes nothing."""
+    rids = [f"d{i}" for i in range(6)]
+    register(engine, app, *({"registration_id": r} for r in rids))
+    msg_id = accept(engine, app, {"registration_id": rids})
+    send(engine, msg_id, 0)
+    events = [ev(msg_id, r, "delivered", stage=0) for r in rids[:5]]
+    events += [ev(msg_id, "d0", "clicked", stage=0), ev(msg_id, "d1", "displayed", stage=0)]
+    ledger.ingest_events(engine, app, events)
+    assert ledger.select_resend_audience(engine, msg_id, 1) == 5
+    with Session(engine) as s:  # the holdout: d1 never sent stage 1
+        s.execute(
+            update(Delivery)
+            .where(Delivery.msg_id == msg_id, Delivery.stage == 1, Delivery.registration_id == "d1")
+            .values(status="held_out")
+        )
+        s.commit()
+    send(engine, msg_id, 1)
+    later = [ev(msg_id, "d1", "clicked", stage=1), ev(msg_id, "d2", "clicked", stage=1)]
+    later += [ev(msg_id, "d3", "delivered", stage=1), ev(msg_id, "d0", "delivered", stage=0)]
+    ledger.ingest_events(engine, app, later)
+    ledger.ingest_events(engine, app, later)  # again: nothing changes
+
+    live = ledger.progress(engine, msg_id, stages_up_to=6)
+    funnel = ledger.funnel(engine, msg_id)
+    assert [(s.stage, s.delivered, s.displayed, s.clicked) for s in live.stages] == [
+        (f.stage, f.delivered, f.displayed, f.clicked) for f in funnel.stages
+    ]
+    assert [(s.delivered, s.clicked) for s in live.stages] == [
+        (5, 1),
+        (2, 1),
+    ]  # d1 held out; a click is a delivery
+    assert ledger.progress(engine, msg_id, stages_up_to=5).stages == []  # 6 recipients: too many
+    assert ledger.progress(engine, msg_id).stages == []
+
+
 def test_the_report_equals_the_ledger_stage_by_stage(engine: Engine, app: str) -> None:  # noqa: F811
     rids = [f"d{i:02d}" for i in range(12)]
     register(engine, app, *({"registration_id": r} for r in rids))
