@@ -310,7 +310,9 @@ def api(
     except (LedgerNotCurrent, SecretsLocked, BadKeys, TemporalSettingsError) as exc:
         raise _refuse("api: not starting", exc) from None
     # The access log (one line per request) only when asked for.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=verbose)
+    uvicorn.run(
+        app, host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose
+    )
 
 
 @main.command()
