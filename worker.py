@@ -74,6 +74,8 @@ def build_worker(
         providers,
         settings.send_batch_size,
         provider_options if provider_options is not None else settings.provider_options,
+        shard_size=settings.send_shard_size,
+        max_shards=settings.send_max_shards,
     )
     callbacks = CallbackActivities(
         engine,
@@ -95,6 +97,7 @@ def build_worker(
             journey.send_stage,
             journey.finish_journey,
             journey.plan_zones,
+            journey.plan_stage,
             callbacks.deliver_callbacks,
             schedules.fire_schedule,
         ],

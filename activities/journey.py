@@ -12,7 +12,14 @@ from activities.providers.registry import ProviderRegistry, Router
 from relance import ledger, metrics
 from relance.content import RenderedContent, message_payload, render_stage
 from relance.forwarding import wake_forwarder
-from relance.journey import FinishInput, Funnel, PlanZonesInput, SendStageInput, SendStageResult
+from relance.journey import (
+    FinishInput,
+    Funnel,
+    PlanZonesInput,
+    SendStageInput,
+    SendStageResult,
+    StageShard,
+)
 from relance.ledger import outbox
 from relance.ledger import timing as timed
 from relance.models import PushRequest
@@ -110,12 +117,40 @@ class JourneyActivities:
         batch_size: int = 100,
         provider_options: dict[str, dict[str, Any]] | None = None,
         pipeline: int = 4,
+        shard_size: int = 0,
+        max_shards: int = 8,
     ):
+        self.shard_size, self.max_shards = shard_size, max_shards
         self.engine = engine
         self.registry = ProviderRegistry(engine, providers, provider_options)
         self.batch_size = batch_size
         # Pages with providers at once: the next page is claimed while earlier ones are sent.
         self.pipeline = pipeline
+
+    @activity.defn
+    async def plan_stage(self, inp: SendStageInput) -> list[StageShard]:
+        """Before a big stage: its audience queued (a resend's) or its variants assigned
+        (stage 0's), both idempotent, then its shards; [] when one activity should send it."""
+        await self._queue_stage(inp)
+        shards = await asyncio.to_thread(
+            ledger.stage_shards,
+            self.engine,
+            inp.msg_id,
+            inp.stage,
+            self.shard_size,
+            self.max_shards,
+        )
+        return [StageShard(after_id=a, upto_id=b) for a, b in shards]
+
+    async def _queue_stage(self, inp: SendStageInput) -> None:
+        if inp.stage > 0:
+            await asyncio.to_thread(
+                ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
+            )
+        else:
+            push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
+            if PushRequest.model_validate(push.request).variants:
+                await asyncio.to_thread(ledger.assign_groups, self.engine, inp.msg_id, 0)
 
     @activity.defn
     async def send_stage(self, inp: SendStageInput) -> SendStageResult:
@@ -136,7 +171,7 @@ class JourneyActivities:
         stage = _StageContent(request, inp.stage)
         route = await self.registry.router(push.app_key)
         details = activity.info().heartbeat_details
-        cursor = _checkpoint(details[0]) if details else 0
+        cursor = _checkpoint(details[0]) if details else inp.after_id
         report = BatchReport()
         queued = 0
         retry_in: float | None = None
@@ -147,7 +182,7 @@ class JourneyActivities:
             if retry_in is None or inp.one_pass:
                 break
             await _sleep_heartbeating(retry_in)
-            cursor = 0  # the next pass finds exactly the deliveries still pending
+            cursor = inp.after_id  # the next pass finds exactly the deliveries still pending
             activity.heartbeat({"cursor": cursor})
         if queued or activity.info().attempt > 1:
             await self._wake_callbacks(push.app_key)
@@ -283,6 +318,7 @@ class JourneyActivities:
                     cursor,
                     self.batch_size,
                     inp.variants,
+                    inp.upto_id,
                 )
                 exhausted = page.exhausted or page.last_id is None
                 if page.last_id is not None:

@@ -143,6 +143,15 @@ class SendStageInput(BaseModel):
     app_throttle_per_minute: int | None = None
     # Only these A/B variants' deliveries (a group sent after its delay); None: all.
     variants: list[str] | None = None
+    # One shard of a big stage: its deliveries with ids in (after_id, upto_id]; None: all.
+    after_id: int = 0
+    upto_id: int | None = None
+    shard: str | None = None  # "2/4", for the logs and the timeline
+
+
+class StageShard(BaseModel):
+    after_id: int
+    upto_id: int
 
 
 class PlanZonesInput(BaseModel):

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # journey never gets more than one signal per second (api/signals.py) whatever this is.
     signal_interval_seconds: float = 0.5
     send_batch_size: int = Field(100, ge=1, le=1000)
+    # A stage with at least twice this many deliveries is cut into shards of about this size,
+    # sent by that many activities at once (spread over every worker on the task queue), at
+    # most send_max_shards; 0: never sharded.
+    send_shard_size: int = Field(10_000, ge=0)
+    send_max_shards: int = Field(8, ge=2, le=64)
     # Status callbacks: EngageLab's retry schedule (10 s, 1 min, 5 min, 30 min, 1 h), the
     # per-try timeout, rows per POST, and networks allowed besides public addresses.
     callback_retry_schedule_seconds: list[float] = [10, 60, 300, 1800, 3600]

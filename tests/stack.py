@@ -60,15 +60,18 @@ async def inprocess_stack(
     task_queue: str,
     behaviour: Behaviour,
     provider_options: dict[str, dict[str, Any]] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Stack]:
+    """The API, worker and simulator in this process; `settings` override the Settings'."""
     api_port, sim_port = free_port(), free_port()
+    overrides = settings
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
         task_queue=task_queue,
         api_url=f"http://127.0.0.1:{api_port}",
         simulator_url=f"http://127.0.0.1:{sim_port}",
         signal_interval_seconds=0.05,
-        send_batch_size=4,
+        **({"send_batch_size": 4} | overrides),
     )
     engine = make_engine(settings.database_url)
     migrate.upgrade(engine)  # as a deployment does: the API and worker refuse a bare ledger

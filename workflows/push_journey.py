@@ -1,6 +1,7 @@
 """PushJourney: send stage 0, wait out the trigger window, then resend stage by stage to whoever
 still matches. Recipients live in the ledger; the workflow holds only counters."""
 
+import asyncio
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         Progress,
         SendStageInput,
         SendStageResult,
+        StageShard,
         StageSummary,
     )
     from relance.states import JourneyState
@@ -406,6 +408,16 @@ class PushJourney:
                         summary=f"stage {stage}: the provider asked to wait",
                     )
                 result = None  # the regular activity sends what is left
+        if result is None and not local and variants is None and workflow.patched("sharded-stages"):
+            shards = await workflow.execute_activity_method(
+                JourneyActivities.plan_stage,
+                inp,
+                start_to_close_timeout=timedelta(minutes=30),
+                retry_policy=SEND_RETRY,
+                summary=f"plan stage {stage}: its audience, and shards if it is big",
+            )
+            if len(shards) > 1:
+                result = await self._send_sharded(inp, shards)
         if result is None:
             result = await workflow.execute_activity_method(
                 JourneyActivities.send_stage,
@@ -420,6 +432,30 @@ class PushJourney:
             self._error = result.config_error
         # The stage's summary: new, or (a later group of variants) its counts, now absolute.
         self._record(stage, scheduled_at, started, result)
+
+    async def _send_sharded(self, inp: SendStageInput, shards: list[StageShard]) -> SendStageResult:
+        """A big stage: one activity per shard at once (on every worker of the queue). Each
+        reads the whole stage's counts when it ends, so the one with the fewest deliveries
+        still open ended last and has them all."""
+        n = len(shards)
+        results = await asyncio.gather(
+            *(
+                workflow.execute_activity_method(
+                    JourneyActivities.send_stage,
+                    inp.model_copy(
+                        update={"after_id": s.after_id, "upto_id": s.upto_id, "shard": f"{i}/{n}"}
+                    ),
+                    start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=15),
+                    retry_policy=SEND_RETRY,
+                    summary=f"{send_summary(inp.stage, self._condition)} · shard {i}/{n}",
+                )
+                for i, s in enumerate(shards, 1)
+            )
+        )
+        last = min(results, key=lambda r: (r.pending or 0, -r.progress.seq))
+        error = next((r.config_error for r in results if r.config_error), None)
+        return last.model_copy(update={"config_error": error})
 
     async def _send_locally(self, inp: SendStageInput) -> SendStageResult | None:
         """One pass of a small stage inside this workflow task; None when the local attempts

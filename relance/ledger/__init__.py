@@ -77,6 +77,7 @@ from relance.ledger.sending import (
     record_outcomes,
     select_resend_audience,
     stage_result,
+    stage_shards,
 )
 from relance.ledger.statistics import (
     DeviceLifecycle,
@@ -164,6 +165,7 @@ __all__ = [
     "message_stats",
     "new_msg_id",
     "claim_batch",
+    "stage_shards",
     "policy_of",
     "progress",
     "provider_configs",

@@ -148,8 +148,10 @@ def claim_batch(
     after_id: int,
     limit: int,
     variants: list[str] | None = None,
+    upto_id: int | None = None,
 ) -> Page:
-    """The next deliveries to send after `after_id`, marked `sending` in the same transaction:
+    """The next deliveries to send after `after_id` (up to `upto_id`, a shard's end, when
+    given), marked `sending` in the same transaction:
     from here on they may reach devices, so a retry asks the provider before sending again.
     With `variants`, only those A/B variants' deliveries (a variant sent after a delay).
 
@@ -161,7 +163,11 @@ def claim_batch(
         ).scalar_one_or_none()
         if app_key is None:
             return Page([], None, True)
-        extra = [] if variants is None else [col(Delivery.variant).in_(variants)]
+        extra: list[ColumnElement[bool]] = (
+            [] if variants is None else [col(Delivery.variant).in_(variants)]
+        )
+        if upto_id is not None:
+            extra.append(col(Delivery.id) <= upto_id)
         rows = open_page(session, app_key, msg_id, stage, after_id, limit, extra)
         items: list[Outbound] = []
         skipped: list[int] = []
@@ -206,6 +212,39 @@ def claim_batch(
                 session.execute(update(Delivery).where(col(Delivery.id).in_(ids)).values(**values))
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
+
+
+def stage_shards(
+    engine: Engine, msg_id: str, stage: int, shard_size: int, max_shards: int
+) -> list[tuple[int, int]]:
+    """The stage's open deliveries cut into shards of about `shard_size` (at most `max_shards`),
+    each (after_id, upto_id]: ranges of delivery ids that together cover every open delivery,
+    so that several activities send one stage at once. Fewer than two shards' worth: []."""
+    if shard_size <= 0 or max_shards < 2:
+        return []
+    d = Delivery
+    where = (
+        col(d.msg_id) == msg_id,
+        col(d.stage) == stage,
+        col(d.status).in_(OPEN_DELIVERIES),
+    )
+    with Session(reading(engine)) as session:
+        n, last = session.execute(sa_select(func.count(), func.max(col(d.id))).where(*where)).one()
+        k = min(max_shards, int(n or 0) // shard_size)
+        if k < 2:
+            return []
+        cuts = [
+            session.execute(
+                sa_select(col(d.id))
+                .where(*where)
+                .order_by(col(d.id))
+                .offset(i * n // k - 1)
+                .limit(1)
+            ).scalar_one()
+            for i in range(1, k)
+        ]
+    bounds = [0, *cuts, int(last)]
+    return list(zip(bounds, bounds[1:], strict=False))
 
 
 _DELIVERY = Delivery.__tablename__

@@ -107,8 +107,11 @@ async def test_a_journey_explains_itself_in_the_temporal_ui(
         assert found["timer"][1].startswith("until stage 2 (resend) at ")
         assert found["timer"][2].startswith("observation window: until ")
         assert found["activity"] == [
+            "plan stage 0: its audience, and shards if it is big",
             "send stage 0: first send",
+            "plan stage 1: its audience, and shards if it is big",
             "send stage 1: not_clicked, resend content",
+            "plan stage 2: its audience, and shards if it is big",
             "send stage 2: not_clicked, resend content",
             "finish: completed, write the final funnel",
         ]

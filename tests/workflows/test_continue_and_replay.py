@@ -139,3 +139,51 @@ async def test_a_tag_journey_materialises_its_audience_and_replays(
     prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
     if prefix:
         (HISTORIES / f"{prefix}-tag.json").write_text(history.to_json())  # e.g. news-tag.json
+
+
+async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """With shards of 3, each stage of a 10-device tag push goes out as 3 send_stage activities
+    at once (after a plan_stage), every device gets each stage once, and the history replays."""
+    behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
+    async with inprocess_stack(
+        time_env.client, tmp_path, task_queue, behaviour, send_shard_size=3
+    ) as stack:
+        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
+        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+        body = push_body(NEWS)
+        body["to"] = {"tag": ["news"]}
+        accepted = await stack.api.post("/v4/push", json=body)
+        assert accepted.status_code == 200, accepted.text
+        msg_id = accepted.json()["msg_id"]
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await time_env.sleep(timedelta(hours=8))
+        result = await handle.result()
+        got = [
+            {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, stage)}
+            for stage in range(3)
+        ]
+
+    assert result.state == "completed"
+    assert [s.sent for s in result.funnel.stages] == [10, 10, 10]
+    assert got == [dict.fromkeys(DEVICES, 1)] * 3  # each device, each stage, once
+    history = await handle.fetch_history()
+    sends = [
+        e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    names = [a.activity_type.name for a in sends]
+    assert names == ["materialise_audience"] + ["plan_stage", *["send_stage"] * 3] * 3 + [
+        "finish_journey"
+    ]
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
+    await replayer.replay_workflow(history)
+    prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
+    if prefix:
+        (HISTORIES / f"{prefix}-sharded.json").write_text(history.to_json())
