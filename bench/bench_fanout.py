@@ -2,12 +2,15 @@
 to a raw aiohttp loop (50 in flight) to the same fake FCM, in the same run.
 
     .venv/bin/python bench/bench_fanout.py --devices 20000 --db sqlite|postgresql \\
-        --temporal-pragmas default|wal
+        --temporal-pragmas default|wal [--workers 2] [--shard-size 2500]
 
 The raw loop runs before and after relance; the ratio is relance's sends/s over their mean.
 relance's rate is N / (POST sent -> last arrival at the fake). Also: the POST's latency, the
 delay to the first arrival, and the API's and the worker's RSS (peak, and after the send).
 Goal: 100,000 devices by tag at >= 0.8x the raw loop, on SQLite and on PostgreSQL.
+
+--workers N starts N `relance worker` processes on the queue (a stage of at least twice
+--shard-size deliveries goes out as shards, one activity each, spread over them).
 
 --profile DIR records the API and the worker with py-spy from the POST on (as
 bench_small_pushes.py does; the send must last twice --profile-seconds)."""
@@ -71,7 +74,10 @@ async def main(args: argparse.Namespace) -> None:
         run = harness.Run(tmp, stack)
         address = await harness.temporal(run, args.temporal_pragmas)
         fcm = harness.fake_fcm(run)
-        ours = await harness.relance(run, address, database_url, fcm, args.batch_size)
+        shards = {"RELANCE_SEND_SHARD_SIZE": str(args.shard_size)}
+        ours = await harness.relance(
+            run, address, database_url, fcm, args.batch_size, args.workers, shards
+        )
         async with ours.session() as http:
             began = time.monotonic()
             await harness.register(http, [f"fan:{i:07d}" for i in range(n)], ["fanout"])
@@ -116,7 +122,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"RATIO relance/raw loop, sends/s: {relance / raw:.2f} (goal >= 0.8)")
     print(
         f"fan-out: one push to a tag of {n} devices, ledger {args.db}, "
-        f"temporal pragmas {args.temporal_pragmas}, send batch {args.batch_size}"
+        f"temporal pragmas {args.temporal_pragmas}, send batch {args.batch_size}, "
+        f"{args.workers} worker process(es), shard size {args.shard_size}"
     )
     print(f"machine: {harness.machine()}")
     print(
@@ -149,6 +156,10 @@ if __name__ == "__main__":
     parser.add_argument("--temporal-pragmas", choices=sorted(harness.PRAGMAS), default="wal")
     parser.add_argument("--batch-size", type=int, default=100, help="RELANCE_SEND_BATCH_SIZE")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--workers", type=int, default=1, help="relance worker processes")
+    parser.add_argument(
+        "--shard-size", type=int, default=10_000, help="RELANCE_SEND_SHARD_SIZE (0: no shards)"
+    )
     parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
     parser.add_argument("--profile-seconds", type=int, default=10)
     asyncio.run(main(parser.parse_args()))

@@ -220,10 +220,17 @@ class Relance:
 
 
 async def relance(
-    run: Run, temporal_address: str, database_url: str, fcm_url: str, batch_size: int = 100
+    run: Run,
+    temporal_address: str,
+    database_url: str,
+    fcm_url: str,
+    batch_size: int = 100,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Relance:
-    """`relance api` and `relance worker`, with the environment `relance dev` gives them, an
-    app made with the ledger's own function, and FCM configured for android to the fake."""
+    """`relance api` and `relance worker` (`workers` of them: worker, worker-2...), with the
+    environment `relance dev` gives them, an app made with the ledger's own function, and FCM
+    configured for android to the fake."""
     engine = make_engine(database_url)
     upgrade(engine)
     key, secret = ledger.create_app(engine, "bench")
@@ -238,8 +245,11 @@ async def relance(
         "RELANCE_RATE_LIMIT_PER_SECOND": "0",
         # The worker's FCM client goes to the fake instead of fcm.googleapis.com.
         "RELANCE_PROVIDER_OPTIONS": f'{{"fcm": {{"base_url": "{fcm_url}"}}}}',
+        **(extra_env or {}),
     }
     run.python("worker", ["-m", "cli", "worker"], env)
+    for i in range(2, workers + 1):
+        run.python(f"worker-{i}", ["-m", "cli", "worker"], env)
     run.python("api", ["-m", "cli", "api", "--port", str(port)], env)
     r = Relance(f"http://127.0.0.1:{port}", key, secret)
     deadline = time.monotonic() + 60
