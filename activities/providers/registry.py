@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from activities.providers.apns import ApnsProvider
 from activities.providers.base import Provider
@@ -22,7 +21,6 @@ from relance.credentials import (
     FcmCredentials,
     VapidCredentials,
 )
-from relance.db import App, reading
 from relance.providers import route
 
 Router = Callable[[str], Provider]
@@ -55,32 +53,34 @@ class ProviderRegistry:
         self._clients: dict[tuple[str, str], tuple[datetime, Provider]] = {}
 
     async def router(self, app_key: str) -> Router:
-        """platform -> the provider client that reaches it for this app."""
-        configs, default = await asyncio.to_thread(self._configs, app_key)
+        """platform -> the provider client that reaches it for this app. Each stage reads which
+        configurations the app has and since when (no credentials); a configuration's
+        credentials are opened only when its client is new or the configuration changed."""
+        default, versions = await asyncio.to_thread(ledger.provider_versions, self.engine, app_key)
         clients: dict[str, Provider] = {}
-        for config in configs:
-            key = (app_key, config.provider)
+        for version in versions:
+            key = (app_key, version.provider)
             cached = self._clients.get(key)
-            if cached is None or cached[0] != config.updated_at:
+            if cached is None or cached[0] != version.updated_at:
+                config = await asyncio.to_thread(
+                    ledger.provider_config, self.engine, app_key, version.provider
+                )
+                if config is None:  # removed since the read above: as if never configured
+                    continue
                 if cached is not None:
                     await cached[1].aclose()
                 client = build(
                     config.provider, config.credentials, self.options.get(config.provider, {})
                 )
                 self._clients[key] = (config.updated_at, metered(client))
-            clients[config.provider] = self._clients[key][1]
-        configured = {c.provider: list(c.platforms) for c in configs}
+            clients[version.provider] = self._clients[key][1]
+        configured = {v.provider: list(v.platforms) for v in versions if v.provider in clients}
 
         def pick(platform: str) -> Provider:
             name = route(platform, configured, default)
             return clients.get(name) or self.defaults[name]
 
         return pick
-
-    def _configs(self, app_key: str) -> tuple[list[Any], str]:
-        with Session(reading(self.engine)) as session:
-            app = session.get(App, app_key)
-        return ledger.provider_configs(self.engine, app_key), app.provider if app else "simulator"
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}

@@ -1,6 +1,8 @@
 """What every ledger module shares: the errors the ledger raises and two SQL helpers."""
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, any_, bindparam
@@ -75,3 +77,36 @@ def among(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement
     if on_postgresql(session):
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
     return column.in_(values)
+
+
+# SQLite: the hot paths of a send (claim, outcomes, events) as plain statements handed to the
+# driver, as PostgreSQL's go through `unnest`. SQLAlchemy's executemany processed every value
+# of every row in Python (bind processors, parameter dicts, the ORM's bulk bookkeeping): most
+# of the ledger's CPU per send (bench/profiles/fanout-ledger.txt).
+SQLITE_MAX_ROWS = 500  # rows per multi-row statement, well under SQLite's 32,766 variables
+_sqlite_datetime = sqlite.DATETIME().bind_processor(sqlite.dialect())
+assert _sqlite_datetime is not None
+
+
+@lru_cache(maxsize=1024)  # a page's rows mostly share one moment
+def sqlite_time(moment: datetime | None) -> str | None:
+    """A time as SQLAlchemy stores it in SQLite (the same processor), for plain statements."""
+    return None if moment is None else _sqlite_datetime(moment)  # type: ignore[misc]
+
+
+@lru_cache(maxsize=256)
+def sqlite_insert(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
+    """`INSERT INTO table (columns) VALUES (?, ...), ... tail`: one text per row count, so the
+    driver's statement cache keeps it."""
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)} {tail}"
+
+
+@lru_cache(maxsize=256)
+def sqlite_in(n: int) -> str:
+    """`(?, ?, ...)`: n placeholders for an IN list."""
+    return "(" + ", ".join("?" * n) + ")"
+
+
+def flat(rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+    return tuple(v for row in rows for v in row)

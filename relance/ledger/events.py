@@ -16,12 +16,16 @@ from relance.db import Delivery, Push, Recipient, StatusEvent, reading, utcnow
 from relance.durations import parse_duration
 from relance.ledger import outbox
 from relance.ledger._base import (
+    SQLITE_MAX_ROWS,
     LedgerError,
     NotFound,
     among,
     arrays,
-    insert_for,
+    chunks,
+    flat,
     on_postgresql,
+    sqlite_insert,
+    sqlite_time,
     unnest,
 )
 from relance.ledger.devices import invalidate, mark_seen, unsubscribe
@@ -308,6 +312,8 @@ _PG_EVENT_COLUMNS = {
     "error": "text",
     "received_at": "timestamptz",
 }
+_EVENT_COLUMNS = tuple(_PG_EVENT_COLUMNS)
+_SQLITE_EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 _PG_INSERT_EVENTS = (
     f"INSERT INTO {_EVENT.name} ({', '.join(_PG_EVENT_COLUMNS)}) "
     f"SELECT {', '.join(_PG_EVENT_COLUMNS)} FROM {unnest(_PG_EVENT_COLUMNS)} ORDER BY ord "
@@ -332,13 +338,24 @@ def store_events(
             .scalars()
         )
     else:
-        stmt = (
-            insert_for(session)(_EVENT)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(_EVENT.c.event_id)
-        )
-        columns = [{c: e[c] for c in _PG_EVENT_COLUMNS} for e in events]
-        inserted = set(session.connection().execute(stmt, columns).scalars())
+        conn = session.connection()
+        inserted = set()
+        for batch in chunks(events, SQLITE_MAX_ROWS):
+            rows = [
+                (
+                    e["event_id"],
+                    e["msg_id"],
+                    e["registration_id"],
+                    e["stage"],
+                    e["status"],
+                    sqlite_time(e["at"]),
+                    e["error"],
+                    sqlite_time(e["received_at"]),
+                )
+                for e in batch
+            ]
+            sql = sqlite_insert(_EVENT.name, _EVENT_COLUMNS, len(rows), _SQLITE_EVENTS_TAIL)
+            inserted.update(r[0] for r in conn.exec_driver_sql(sql, flat(rows)))
     queued = outbox.enqueue(session, push, [e for e in events if e["event_id"] in inserted])
     return inserted, queued
 

@@ -10,7 +10,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from relance.db import Delivery, Device, ProviderConfig, Push, Recipient, reading, utcnow
+from relance.db import App, Delivery, Device, ProviderConfig, Push, Recipient, reading, utcnow
 
 
 def set_provider(
@@ -44,6 +44,49 @@ def provider_configs(engine: Engine, app_key: str) -> list[ProviderConfig]:
                 .order_by(col(ProviderConfig.provider))
             )
         )
+
+
+class ProviderVersion(BaseModel):
+    """Which provider reaches which platforms, and since when: no credentials."""
+
+    provider: str
+    platforms: list[str]
+    updated_at: datetime
+
+
+def provider_versions(engine: Engine, app_key: str) -> tuple[str, list[ProviderVersion]]:
+    """The app's default provider and its configurations without their credentials, in one
+    read: what a sender needs to know before each stage, to rebuild only a client whose
+    configuration changed (`provider_config` then opens its credentials)."""
+    query = (
+        sa_select(
+            col(App.provider),
+            col(ProviderConfig.provider),
+            col(ProviderConfig.platforms),
+            col(ProviderConfig.updated_at),
+        )
+        .select_from(App)
+        .outerjoin(ProviderConfig, col(ProviderConfig.app_key) == App.app_key)
+        .where(col(App.app_key) == app_key)
+        .order_by(col(ProviderConfig.provider))
+    )
+    with reading(engine).connect() as conn:
+        rows = conn.execute(query).all()
+    default = rows[0][0] if rows else "simulator"
+    return default, [
+        ProviderVersion(provider=r[1], platforms=list(r[2] or []), updated_at=r[3])
+        for r in rows
+        if r[1] is not None
+    ]
+
+
+def provider_config(engine: Engine, app_key: str, provider: str) -> ProviderConfig | None:
+    with Session(reading(engine)) as session:
+        return session.exec(
+            select(ProviderConfig).where(
+                ProviderConfig.app_key == app_key, ProviderConfig.provider == provider
+            )
+        ).first()
 
 
 def delete_provider(engine: Engine, app_key: str, provider: str) -> bool:

@@ -6,14 +6,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, literal, update
+from sqlalchemy import ColumnElement, and_, exists, func, insert, literal
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
 from relance.journey import Progress
-from relance.ledger._base import NotFound, arrays, on_postgresql, unnest
+from relance.ledger._base import (
+    SQLITE_MAX_ROWS,
+    NotFound,
+    arrays,
+    chunks,
+    on_postgresql,
+    sqlite_in,
+    sqlite_time,
+    unnest,
+)
 from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
@@ -102,7 +111,8 @@ def open_page(
     sending it needs: (id, registration_id, status, platform, stopped, device valid — None when
     the device is gone —, attributes, variant). What every claim reads."""
     return list(
-        session.execute(
+        session.connection()
+        .execute(
             sa_select(
                 col(Delivery.id),
                 col(Delivery.registration_id),
@@ -137,8 +147,17 @@ def open_page(
             )
             .order_by(col(Delivery.id))
             .limit(limit)
-        ).all()
+        )
+        .all()
     )
+
+
+def _sqlite_mark(session: Session, ids: list[int], status: str, reason: str | None) -> None:
+    conn = session.connection()
+    sql = "UPDATE delivery SET status = ?" + (", skip_reason = ?" if reason else "")
+    values: tuple[str, ...] = (status, reason) if reason else (status,)
+    for part in chunks(ids, SQLITE_MAX_ROWS):
+        conn.exec_driver_sql(f"{sql} WHERE id IN {sqlite_in(len(part))}", (*values, *part))
 
 
 def claim_batch(
@@ -158,9 +177,11 @@ def claim_batch(
     Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
     ORM objects: this runs once per batch of a million-recipient stage."""
     with Session(engine) as session:
-        app_key = session.execute(
-            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
-        ).scalar_one_or_none()
+        app_key = (
+            session.connection()
+            .execute(sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id))
+            .scalar_one_or_none()
+        )
         if app_key is None:
             return Page([], None, True)
         extra: list[ColumnElement[bool]] = (
@@ -209,7 +230,7 @@ def claim_batch(
                     _PG_MARK, {"reason": None, **values, "ids": ids}
                 )
             else:
-                session.execute(update(Delivery).where(col(Delivery.id).in_(ids)).values(**values))
+                _sqlite_mark(session, ids, values["status"], values.get("skip_reason"))
         session.commit()
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 
@@ -281,6 +302,22 @@ class SendOutcomeRow:
     alert: str | None = None
 
 
+_SQLITE_RECORD = "UPDATE delivery SET status = ?, title = ?, alert = ?, sent_at = ? WHERE id IN "
+
+
+def _sqlite_record(session: Session, rows: list[dict[str, Any]]) -> None:
+    """The outcomes as one UPDATE per distinct (status, title, alert, sent_at), usually one per
+    page: every recipient of a page sent the same content at the same moment."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        key = (r["status"], r["title"], r["alert"], sqlite_time(r["sent_at"]))
+        groups.setdefault(key, []).append(r["id"])
+    conn = session.connection()
+    for values, ids in groups.items():
+        for part in chunks(ids, SQLITE_MAX_ROWS):
+            conn.exec_driver_sql(_SQLITE_RECORD + sqlite_in(len(part)), (*values, *part))
+
+
 def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]) -> int:
     """Record the provider's answers, in bulk: sent; not yet (back to pending, for a later
     try); or failed (a dead token also invalidates the device). Returns how many callback rows
@@ -311,7 +348,7 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
         if rows and on_postgresql(session):
             session.connection().exec_driver_sql(_PG_RECORD, arrays(rows, _PG_OUTCOME_COLUMNS))
         elif rows:
-            session.execute(update(Delivery), rows)  # bulk UPDATE by primary key
+            _sqlite_record(session, rows)
         events = [
             {
                 "event_id": event_key(msg_id, o.registration_id, stage, status),
