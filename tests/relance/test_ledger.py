@@ -451,3 +451,56 @@ def test_funnel_per_stage(engine: Engine, app: str) -> None:
 def test_funnel_of_an_unknown_push(engine: Engine) -> None:
     with pytest.raises(NotFound):
         ledger.funnel(engine, "nope")
+
+
+def test_a_page_bigger_than_one_statement_records_each_outcome_once(
+    engine: Engine, app: str
+) -> None:
+    """A page of 1,200 (more than one multi-row statement holds on SQLite), with every kind of
+    outcome: each delivery ends in its own status, with its time and content; one event per
+    final outcome; recording the same page again (a retried activity) adds nothing."""
+    n = 1_200
+    ledger.upsert_devices(
+        engine, app, [DeviceIn(registration_id=f"t{i:04d}", tags=["big"]) for i in range(n)]
+    )
+    msg_id = push(engine, app, {"tag": ["big"]})
+    page = ledger.claim_batch(engine, msg_id, 0, 0, n)
+    assert len(page.items) == n
+
+    def kind(i: int) -> str:  # 800 sent, 200 not yet (a 429), 200 failed
+        return {1: "pending", 2: "failed"}.get(i % 6, "sent")
+
+    def title(i: int) -> str:  # two contents: 600 and 200 sent, several statements per page
+        return "T1" if i % 6 == 3 else "T0"
+
+    rows = [
+        SendOutcomeRow(
+            o.delivery_id,
+            o.registration_id,
+            ok=kind(i) == "sent",
+            error={"pending": "QUOTA_EXCEEDED", "failed": "INVALID_ARGUMENT"}.get(kind(i)),
+            retry_after=30.0 if kind(i) == "pending" else None,
+            title=title(i),
+            alert="A",
+        )
+        for i, o in enumerate(page.items)
+    ]
+    ledger.record_outcomes(engine, msg_id, 0, rows)
+    ledger.record_outcomes(engine, msg_id, 0, rows)
+
+    with Session(engine) as s:
+        found = {
+            rid: (status, title, sent_at is not None)
+            for rid, status, title, sent_at in s.execute(
+                select(
+                    Delivery.registration_id, Delivery.status, Delivery.title, Delivery.sent_at
+                ).where(Delivery.msg_id == msg_id)
+            ).all()
+        }
+    expected = {
+        o.registration_id: (kind(i), title(i), kind(i) == "sent") for i, o in enumerate(page.items)
+    }
+    assert found == expected
+    assert count(engine, StatusEvent, msg_id=msg_id, status="sent") == 800
+    assert count(engine, StatusEvent, msg_id=msg_id, status="failed") == 200
+    assert ledger.stage_result(engine, msg_id, 0)[0] == {"sent": 800, "pending": 200, "failed": 200}
