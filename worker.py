@@ -105,6 +105,7 @@ def build_worker(
             SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+        disable_eager_activity_execution=not settings.worker_eager_activities,
     )
     return RelanceWorker(worker, journey, callbacks)
 
