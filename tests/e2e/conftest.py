@@ -88,6 +88,16 @@ class Stack:
     def simulator(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.simulator_url, timeout=30)
 
+    def add_worker(self, name: str = "worker-2") -> Part:
+        """Another worker process on the same queue and ledger (its own metrics port), started
+        now and stopped with the stack."""
+        first = self.parts["worker"]
+        env = {**first.env, "RELANCE_WORKER_METRICS_PORT": str(free_port())}
+        part = Part(name, first.args, env, first.log_path.parent)
+        part.start()
+        self.parts[name] = part
+        return part
+
 
 def _wait_healthy(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout

@@ -13,8 +13,8 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.conftest import Part, relance_stack
-from tests.stack import eventually, free_port
+from tests.e2e.conftest import relance_stack
+from tests.stack import eventually
 
 
 async def test_the_shards_of_a_stage_spread_over_both_workers(
@@ -25,15 +25,7 @@ async def test_the_shards_of_a_stage_spread_over_both_workers(
     with relance_stack(
         dev_server.client, tmp_path, ["--send-latency-ms", "20"], batch_size=50, extra_env=env
     ) as stack:
-        first = stack.parts["worker"]
-        second = Part(
-            "worker-2",
-            first.args,
-            {**first.env, "RELANCE_WORKER_METRICS_PORT": str(free_port())},
-            tmp_path,
-        )
-        second.start()
-        stack.parts["worker-2"] = second  # stopped with the stack
+        stack.add_worker()
         queue = stack.task_queue
 
         async def activity_pollers() -> set[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.conftest import Part, relance_stack
-from tests.stack import eventually, free_port
+from tests.e2e.conftest import relance_stack
+from tests.stack import eventually
 
 
 @pytest.mark.parametrize(
@@ -83,14 +83,7 @@ async def test_a_worker_killed_during_a_sharded_stage_leaves_everyone_sent_once(
         dev_server.client, tmp_path, simulator, batch_size=100, extra_env=env
     ) as stack:
         first = stack.parts["worker"]
-        second = Part(
-            "worker-2",
-            first.args,
-            {**first.env, "RELANCE_WORKER_METRICS_PORT": str(free_port())},
-            tmp_path,
-        )
-        second.start()
-        stack.parts["worker-2"] = second  # stopped with the stack
+        stack.add_worker()
         async with stack.api() as api, stack.simulator() as sim:
             for i in range(0, size, 5000):
                 devices = [
