@@ -1,4 +1,4 @@
-"""What every ledger module shares: the errors the ledger raises and two SQL helpers."""
+"""What every ledger module shares: the errors the ledger raises and its SQL helpers."""
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -82,7 +82,7 @@ def among(session: Session, column: Any, values: Iterable[Any]) -> ColumnElement
 # SQLite: the hot paths of a send (claim, outcomes, events) as plain statements handed to the
 # driver, as PostgreSQL's go through `unnest`. SQLAlchemy's executemany processed every value
 # of every row in Python (bind processors, parameter dicts, the ORM's bulk bookkeeping): most
-# of the ledger's CPU per send (bench/profiles/fanout-ledger.txt).
+# of the ledger's CPU per send (bench/bench_ledger_send.py).
 SQLITE_MAX_ROWS = 500  # rows per multi-row statement, well under SQLite's 32,766 variables
 _sqlite_datetime = sqlite.DATETIME().bind_processor(sqlite.dialect())
 assert _sqlite_datetime is not None
