@@ -110,3 +110,11 @@ def sqlite_in(n: int) -> str:
 
 def flat(rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
     return tuple(v for row in rows for v in row)
+
+
+def sqlite_update_ids(session: Session, update: str, values: Sequence[Any], ids: list[int]) -> None:
+    """`update` (ending in `WHERE id IN `) with `values`, for `ids`, in statements of at most
+    SQLITE_MAX_ROWS ids."""
+    conn = session.connection()
+    for part in chunks(ids, SQLITE_MAX_ROWS):
+        conn.exec_driver_sql(update + sqlite_in(len(part)), (*values, *part))

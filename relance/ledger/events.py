@@ -313,6 +313,7 @@ _PG_EVENT_COLUMNS = {
     "received_at": "timestamptz",
 }
 _EVENT_COLUMNS = tuple(_PG_EVENT_COLUMNS)
+_TIMES = {c for c, t in _PG_EVENT_COLUMNS.items() if t == "timestamptz"}
 _SQLITE_EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 _PG_INSERT_EVENTS = (
     f"INSERT INTO {_EVENT.name} ({', '.join(_PG_EVENT_COLUMNS)}) "
@@ -342,16 +343,7 @@ def store_events(
         inserted = set()
         for batch in chunks(events, SQLITE_MAX_ROWS):
             rows = [
-                (
-                    e["event_id"],
-                    e["msg_id"],
-                    e["registration_id"],
-                    e["stage"],
-                    e["status"],
-                    sqlite_time(e["at"]),
-                    e["error"],
-                    sqlite_time(e["received_at"]),
-                )
+                tuple(sqlite_time(e[c]) if c in _TIMES else e[c] for c in _EVENT_COLUMNS)
                 for e in batch
             ]
             sql = sqlite_insert(_EVENT.name, _EVENT_COLUMNS, len(rows), _SQLITE_EVENTS_TAIL)

@@ -14,13 +14,11 @@ from sqlmodel import Session, col, select
 from relance.db import Delivery, Device, Push, Recipient, reading, utcnow
 from relance.journey import Progress
 from relance.ledger._base import (
-    SQLITE_MAX_ROWS,
     NotFound,
     arrays,
-    chunks,
     on_postgresql,
-    sqlite_in,
     sqlite_time,
+    sqlite_update_ids,
     unnest,
 )
 from relance.ledger.devices import invalidate
@@ -153,11 +151,11 @@ def open_page(
 
 
 def _sqlite_mark(session: Session, ids: list[int], status: str, reason: str | None) -> None:
-    conn = session.connection()
-    sql = "UPDATE delivery SET status = ?" + (", skip_reason = ?" if reason else "")
-    values: tuple[str, ...] = (status, reason) if reason else (status,)
-    for part in chunks(ids, SQLITE_MAX_ROWS):
-        conn.exec_driver_sql(f"{sql} WHERE id IN {sqlite_in(len(part))}", (*values, *part))
+    if reason is None:
+        sqlite_update_ids(session, "UPDATE delivery SET status = ? WHERE id IN ", (status,), ids)
+    else:
+        sql = "UPDATE delivery SET status = ?, skip_reason = ? WHERE id IN "
+        sqlite_update_ids(session, sql, (status, reason), ids)
 
 
 def claim_batch(
@@ -312,10 +310,8 @@ def _sqlite_record(session: Session, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         key = (r["status"], r["title"], r["alert"], sqlite_time(r["sent_at"]))
         groups.setdefault(key, []).append(r["id"])
-    conn = session.connection()
     for values, ids in groups.items():
-        for part in chunks(ids, SQLITE_MAX_ROWS):
-            conn.exec_driver_sql(_SQLITE_RECORD + sqlite_in(len(part)), (*values, *part))
+        sqlite_update_ids(session, _SQLITE_RECORD, values, ids)
 
 
 def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]) -> int:
