@@ -124,15 +124,26 @@ async def _messages(stack: Stack, msg_id: str, stage: int) -> list[dict[str, Any
         return list((await sim.get(f"/v1/messages/{msg_id}/{stage}")).json())
 
 
+async def _connect(port: int, timeout: float = 60) -> Client:
+    """A client once the server answers: its port opens before its frontend is healthy, and a
+    connect in between fails ("Frontend is not healthy yet") on a slow machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await Client.connect(f"127.0.0.1:{port}", data_converter=pydantic_data_converter)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_temporal_killed_while_journeys_wait_every_stage_fires_once_and_late_by_outage(
     tmp_path: Path, ledger_url: str | None
 ) -> None:
     server = TemporalServer(tmp_path / "temporal.db", tmp_path / "temporal.log")
     server.start()
     try:
-        client = await Client.connect(
-            f"127.0.0.1:{server.port}", data_converter=pydantic_data_converter
-        )
+        client = await _connect(server.port)
         with relance_stack(client, tmp_path, [], extra_env=REPAIR, database_url=ledger_url) as st:
             await run_the_outage(st, server)
     finally:
