@@ -14,6 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from activities.providers.base import OutboundMessage, SendOutcome, message_data
+from activities.providers.pool import SendPool
 from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import FcmCredentials
 
@@ -230,7 +231,7 @@ class FcmProvider:
             f"{base_url.rstrip('/')}/v1/projects/{credentials.project_id}/messages:send"
         )
         self._max_in_flight = max_in_flight
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pool: SendPool[OutboundMessage, SendOutcome] = SendPool(max_in_flight, self._deliver)
         self._budget, self._quota_delay = budget, quota_delay
         # An offline device then gets only the latest stage of a push.
         self._collapse_resends = collapse_resends
@@ -255,7 +256,7 @@ class FcmProvider:
         except _NoToken as exc:
             if exc.verdict.kind == "config":  # the key is wrong: no use trying each device
                 return [_outcome(m, exc.verdict) for m in messages]
-        return list(await asyncio.gather(*(self._deliver(m) for m in messages)))
+        return await self._pool.run(messages)
 
     async def _deliver(self, message: OutboundMessage) -> SendOutcome:
         collapse = message.msg_id if self._collapse_resends else None
@@ -293,13 +294,12 @@ class FcmProvider:
         except _NoToken as exc:
             return exc.verdict, None
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        async with self._slots:
-            try:
-                async with self._session().post(self._send_url, data=body, headers=headers) as r:
-                    answer = await r.read()
-                    return classify(r.status, answer, r.headers.get("Retry-After")), token
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
+        try:  # at most max_in_flight at once: the pool has that many senders
+            async with self._session().post(self._send_url, data=body, headers=headers) as r:
+                answer = await r.read()
+                return classify(r.status, answer, r.headers.get("Retry-After")), token
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
 
     def _delay(self, verdict: Verdict, tries: int) -> float:
         if verdict.kind == "quota":
@@ -312,6 +312,7 @@ class FcmProvider:
         return None  # FCM cannot tell; a repeat carries the same notification tag
 
     async def aclose(self) -> None:
+        await self._pool.aclose()
         if self._http is not None:
             await self._http.close()
             self._http = None

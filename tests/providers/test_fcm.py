@@ -349,6 +349,40 @@ async def test_concurrency_is_capped_and_connections_are_kept(fcm: FakeFcm, make
     assert len(fcm.peers) <= 6  # at most one more for the token endpoint
 
 
+async def test_pipelined_batches_share_the_cap_and_each_gets_its_own_outcomes(
+    fcm: FakeFcm, make: Make
+) -> None:
+    """A stage keeps several pages with the provider at once: together they stay within
+    max_in_flight, and each send returns the outcomes of its own messages, in order."""
+    fcm.delay = 0.01
+    provider = make(max_in_flight=5)
+    batches = [[message(f"p{b}-{i}") for i in range(30)] for b in range(4)]
+    results = await asyncio.gather(*(provider.send(batch) for batch in batches))
+    for batch, outcomes in zip(batches, results, strict=True):
+        assert [o.registration_id for o in outcomes] == [m.registration_id for m in batch]
+        assert all(o.ok for o in outcomes)
+    assert fcm.max_in_flight == 5
+    assert Counter(fcm.accepted_tokens()) == Counter(m.registration_id for b in batches for m in b)
+
+
+async def test_a_cancelled_send_drops_what_it_had_not_started(fcm: FakeFcm, make: Make) -> None:
+    """An activity cancelled mid-page: the messages not yet handed over are never sent, and
+    the provider goes on serving the next send."""
+    fcm.delay = 0.05
+    provider = make(max_in_flight=2)
+    sending = asyncio.create_task(provider.send([message(f"x{i}") for i in range(40)]))
+    await asyncio.sleep(0.12)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await asyncio.sleep(0.2)  # those in flight finish
+    dropped = 40 - len(fcm.accepted_tokens())
+    assert dropped >= 30
+    outcomes = await provider.send([message("after")])
+    assert [o.ok for o in outcomes] == [True]
+    assert len(fcm.accepted_tokens()) == 40 - dropped + 1
+
+
 def _body(status: int, rpc_status: str, message: str, *details: dict[str, Any]) -> bytes:
     error = {"code": status, "message": message, "status": rpc_status, "details": list(details)}
     return json.dumps({"error": error}).encode()
