@@ -106,6 +106,11 @@ def build_worker(
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         disable_eager_activity_execution=not settings.worker_eager_activities,
+        **(
+            {"max_concurrent_activities": settings.worker_max_activities}
+            if settings.worker_max_activities
+            else {}
+        ),
     )
     return RelanceWorker(worker, journey, callbacks)
 

@@ -32,8 +32,12 @@ import harness  # noqa: E402
 IN_FLIGHT = 50
 
 
+RAW_CPU: list[float] = []  # the raw loop's own CPU per send (µs), each run
+
+
 async def raw_loop(fcm: str, run_name: str, n: int) -> float:
     """What the network and the fake alone allow: FCM-shaped JSON, 50 requests in flight."""
+    cpu = time.process_time()
     url = f"{fcm}/v1/projects/{harness.PROJECT}/messages:send"
     todo = iter(range(n))
     connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
@@ -56,6 +60,7 @@ async def raw_loop(fcm: str, run_name: str, n: int) -> float:
 
         began = time.monotonic()
         await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+    RAW_CPU.append(1e6 * (time.process_time() - cpu) / n)
     done = await harness.run_summary(fcm, run_name)
     return float(done["count"] / (done["last"] - began))
 
@@ -75,6 +80,8 @@ async def main(args: argparse.Namespace) -> None:
         address = await harness.temporal(run, args.temporal_pragmas)
         fcm = harness.fake_fcm(run)
         shards = {"RELANCE_SEND_SHARD_SIZE": str(args.shard_size)}
+        if args.max_activities:
+            shards["RELANCE_WORKER_MAX_ACTIVITIES"] = str(args.max_activities)
         ours = await harness.relance(
             run, address, database_url, fcm, args.batch_size, args.workers, shards
         )
@@ -123,7 +130,8 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"fan-out: one push to a tag of {n} devices, ledger {args.db}, "
         f"temporal pragmas {args.temporal_pragmas}, send batch {args.batch_size}, "
-        f"{args.workers} worker process(es), shard size {args.shard_size}"
+        f"{args.workers} worker process(es), shard size {args.shard_size}, "
+        f"max activities per worker {args.max_activities or 'unset'}"
     )
     print(f"machine: {harness.machine()}")
     print(
@@ -132,7 +140,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(
         f"  raw loop  {raw:7.0f} sends/s ({IN_FLIGHT} in flight; before {raw_before:.0f}, "
-        f"after {raw_after:.0f})"
+        f"after {raw_after:.0f}); its own CPU {sum(RAW_CPU[-2:]) / 2:.0f} ms per 1,000 sends"
     )
     print(f"  POST /v4/push: {post * 1000:.0f} ms")
     print(
@@ -159,6 +167,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=1, help="relance worker processes")
     parser.add_argument(
         "--shard-size", type=int, default=10_000, help="RELANCE_SEND_SHARD_SIZE (0: no shards)"
+    )
+    parser.add_argument(
+        "--max-activities", type=int, help="RELANCE_WORKER_MAX_ACTIVITIES (unset: Temporal's 100)"
     )
     parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
     parser.add_argument("--profile-seconds", type=int, default=10)

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     # the one that planned it (bench_fanout --workers 2: 547 and 500 ms of CPU per 1,000 sends
     # on the two workers, where it was 717 and 208). Small stages are local activities either way.
     worker_eager_activities: bool = False
+    # How many activities one worker runs at once (unset: Temporal's default, 100). A sharded
+    # stage queues all its shards at once, and a worker with free slots takes as many as it
+    # can poll: with 100,000 recipients in 8 shards over two workers, one sent three quarters.
+    # About shards / workers (each shard keeps the provider's 50 requests in flight) leaves the
+    # rest queued for whichever worker frees a slot first. Every activity shares these slots,
+    # so a slow callback endpoint holds one too: not lower than the deployment needs.
+    worker_max_activities: int | None = Field(None, ge=1)
     # The largest request body the API reads; larger ones are refused with 413 (code 21413).
     # 4 MiB holds the largest legitimate bodies: 5,000 devices (POST /v4/devices) or 5,000
     # events (POST /v4/events) with FCM-length (~160-character) registration ids, tags and a
