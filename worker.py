@@ -106,11 +106,7 @@ def build_worker(
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         disable_eager_activity_execution=not settings.worker_eager_activities,
-        **(
-            {"max_concurrent_activities": settings.worker_max_activities}
-            if settings.worker_max_activities
-            else {}
-        ),
+        max_concurrent_activities=settings.worker_max_activities,  # None: the SDK's 100
     )
     return RelanceWorker(worker, journey, callbacks)
 
