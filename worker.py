@@ -18,6 +18,7 @@ from activities.providers import Provider, SimulatorProvider
 from activities.schedules import ScheduleActivities
 from relance import sealing
 from relance.db import make_engine
+from relance.journey import shard_queue
 from relance.metrics import MetricsServer, temporal_sdk_runtime
 from relance.migrate import ensure_current
 from relance.settings import Settings, get_settings
@@ -31,16 +32,17 @@ log = logging.getLogger("relance.worker")
 
 
 class RelanceWorker:
-    """The Temporal worker, and the provider and callback clients it closes when it stops."""
+    """The Temporal workers (the journeys' queue, and the queue of big stages' shards), and the
+    provider and callback clients they close when they stop."""
 
     def __init__(
-        self, worker: Worker, journey: JourneyActivities, callbacks: CallbackActivities
+        self, workers: list[Worker], journey: JourneyActivities, callbacks: CallbackActivities
     ) -> None:
-        self.worker, self.journey, self.callbacks = worker, journey, callbacks
+        self.workers, self.journey, self.callbacks = workers, journey, callbacks
 
     async def run(self) -> None:
         try:
-            await self.worker.run()
+            await asyncio.gather(*(w.run() for w in self.workers))
         finally:
             await self.aclose()
 
@@ -49,12 +51,15 @@ class RelanceWorker:
         await self.callbacks.http.aclose()
 
     async def __aenter__(self) -> "RelanceWorker":
-        await self.worker.__aenter__()
+        for w in self.workers:
+            await w.__aenter__()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.worker.__aexit__(*exc)
-        await self.aclose()
+        try:
+            await asyncio.gather(*(w.__aexit__(*exc) for w in self.workers))
+        finally:
+            await self.aclose()
 
 
 def build_worker(
@@ -106,9 +111,15 @@ def build_worker(
         ),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         disable_eager_activity_execution=not settings.worker_eager_activities,
-        max_concurrent_activities=settings.worker_max_activities,  # None: the SDK's 100
     )
-    return RelanceWorker(worker, journey, callbacks)
+    shards = Worker(
+        client,
+        task_queue=shard_queue(settings.task_queue),
+        activities=[journey.send_stage],
+        max_concurrent_activities=settings.send_shard_slots,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+    )
+    return RelanceWorker([worker, shards], journey, callbacks)
 
 
 def serve_metrics(settings: Settings) -> tuple[Runtime | None, MetricsServer | None]:

@@ -80,8 +80,8 @@ async def main(args: argparse.Namespace) -> None:
         address = await harness.temporal(run, args.temporal_pragmas)
         fcm = harness.fake_fcm(run)
         shards = {"RELANCE_SEND_SHARD_SIZE": str(args.shard_size)}
-        if args.max_activities:
-            shards["RELANCE_WORKER_MAX_ACTIVITIES"] = str(args.max_activities)
+        if args.shard_slots:
+            shards["RELANCE_SEND_SHARD_SLOTS"] = str(args.shard_slots)
         ours = await harness.relance(
             run, address, database_url, fcm, args.batch_size, args.workers, shards
         )
@@ -131,7 +131,7 @@ async def main(args: argparse.Namespace) -> None:
         f"fan-out: one push to a tag of {n} devices, ledger {args.db}, "
         f"temporal pragmas {args.temporal_pragmas}, send batch {args.batch_size}, "
         f"{args.workers} worker process(es), shard size {args.shard_size}, "
-        f"max activities per worker {args.max_activities or 'unset'}"
+        f"shard slots per worker {args.shard_slots or 'default'}"
     )
     print(f"machine: {harness.machine()}")
     print(
@@ -169,7 +169,7 @@ if __name__ == "__main__":
         "--shard-size", type=int, default=10_000, help="RELANCE_SEND_SHARD_SIZE (0: no shards)"
     )
     parser.add_argument(
-        "--max-activities", type=int, help="RELANCE_WORKER_MAX_ACTIVITIES (unset: Temporal's 100)"
+        "--shard-slots", type=int, help="RELANCE_SEND_SHARD_SLOTS (unset: relance's default, 2)"
     )
     parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
     parser.add_argument("--profile-seconds", type=int, default=10)

@@ -9,6 +9,13 @@ from relance.states import JourneyState
 from relance.timing import FrequencyCap, Slot, Timing
 
 
+def shard_queue(task_queue: str) -> str:
+    """The task queue of a big stage's shards: beside the journey's own, served by every worker
+    with a few slots of its own (settings.send_shard_slots), so the shards queued at once spread
+    over the workers instead of going to whichever polls first with free slots."""
+    return f"{task_queue}-shards"
+
+
 class StageProgress(BaseModel):
     """One stage's deliveries as last read from the ledger (the held-out not counted), the
     figures the final funnel gives that stage."""

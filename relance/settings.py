@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # most send_max_shards; 0: never sharded.
     send_shard_size: int = Field(10_000, ge=0)
     send_max_shards: int = Field(8, ge=2, le=64)
+    # Shards one worker sends at once. They wait on a queue of their own (<task_queue>-shards):
+    # with Temporal's 100 activity slots, a worker took as many of a stage's shards as it could
+    # poll (one of two workers sent three quarters of a 100,000-recipient stage). Two are enough
+    # to keep a worker's 50 provider requests in flight while a page is claimed or recorded.
+    send_shard_slots: int = Field(2, ge=1, le=64)
     # Status callbacks: EngageLab's retry schedule (10 s, 1 min, 5 min, 30 min, 1 h), the
     # per-try timeout, rows per POST, and networks allowed besides public addresses.
     callback_retry_schedule_seconds: list[float] = [10, 60, 300, 1800, 3600]
@@ -105,13 +110,6 @@ class Settings(BaseSettings):
     # the one that planned it (bench_fanout --workers 2: 547 and 500 ms of CPU per 1,000 sends
     # on the two workers, where it was 717 and 208). Small stages are local activities either way.
     worker_eager_activities: bool = False
-    # How many activities one worker runs at once (unset: Temporal's default, 100). A sharded
-    # stage queues all its shards at once, and a worker with free slots takes as many as it
-    # can poll: with 100,000 recipients in 8 shards over two workers, one sent three quarters.
-    # About shards / workers (each shard keeps the provider's 50 requests in flight) leaves the
-    # rest queued for whichever worker frees a slot first. Every activity shares these slots,
-    # so a slow callback endpoint holds one too: not lower than the deployment needs.
-    worker_max_activities: int | None = Field(None, ge=1)
     # The largest request body the API reads; larger ones are refused with 413 (code 21413).
     # 4 MiB holds the largest legitimate bodies: 5,000 devices (POST /v4/devices) or 5,000
     # events (POST /v4/events) with FCM-length (~160-character) registration ids, tags and a

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         SendStageResult,
         StageShard,
         StageSummary,
+        shard_queue,
     )
     from relance.states import JourneyState
     from relance.timing import Slot, timeline
@@ -438,6 +439,12 @@ class PushJourney:
         reads the whole stage's counts when it ends, so the one with the fewest deliveries
         still open ended last and has them all."""
         n = len(shards)
+        # On their own queue, a few at a time per worker (settings.send_shard_slots).
+        queue = (
+            shard_queue(workflow.info().task_queue)
+            if workflow.patched("shard-queue")
+            else None  # the journey's queue, where a worker took as many as it could poll
+        )
         results = await asyncio.gather(
             *(
                 workflow.execute_activity_method(
@@ -448,6 +455,7 @@ class PushJourney:
                     start_to_close_timeout=timedelta(hours=2),
                     heartbeat_timeout=timedelta(seconds=15),
                     retry_policy=SEND_RETRY,
+                    task_queue=queue,
                     summary=f"{send_summary(inp.stage, self._condition)} · shard {i}/{n}",
                 )
                 for i, s in enumerate(shards, 1)

@@ -7,8 +7,9 @@ and that every device gets the stage; bench_fanout.py --workers 2 measures the b
 per worker).
 
 With the SDK's 100 activity slots, a worker also took as many shards as it could poll (one of
-two sent three quarters of a 100,000-recipient stage): RELANCE_WORKER_MAX_ACTIVITIES caps
-what each worker runs at once, which the history's start and completion times show."""
+two sent three quarters of a 100,000-recipient stage). Shards now wait on a queue of their
+own, which each worker serves with RELANCE_SEND_SHARD_SLOTS slots: the history's start and
+completion times show that no worker ran more at once."""
 
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.testing import WorkflowEnvironment
 
+from relance.journey import shard_queue
 from tests.e2e.conftest import relance_stack
 from tests.stack import eventually
 
@@ -29,13 +31,13 @@ async def test_the_shards_of_a_stage_spread_over_both_workers(
     env = {
         "RELANCE_SEND_SHARD_SIZE": "250",
         "RELANCE_SEND_MAX_SHARDS": "8",
-        "RELANCE_WORKER_MAX_ACTIVITIES": "2",
+        "RELANCE_SEND_SHARD_SLOTS": "2",
     }
     with relance_stack(
         dev_server.client, tmp_path, ["--send-latency-ms", "20"], batch_size=50, extra_env=env
     ) as stack:
         stack.add_worker()
-        queue = stack.task_queue
+        queue = shard_queue(stack.task_queue)
 
         async def activity_pollers() -> set[str]:
             described = await stack.client.workflow_service.describe_task_queue(

@@ -178,6 +178,9 @@ async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
     assert names == ["materialise_audience"] + ["plan_stage", *["send_stage"] * 3] * 3 + [
         "finish_journey"
     ]
+    # The shards wait on a queue of their own, a few at a time per worker (send_shard_slots).
+    queues = {a.task_queue.name for a in sends if a.activity_type.name == "send_stage"}
+    assert queues == {f"{task_queue}-shards"}
     replayer = Replayer(
         workflows=[PushJourney],
         data_converter=pydantic_data_converter,
