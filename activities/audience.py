@@ -46,5 +46,10 @@ class AudienceActivities:
             )
             if cursor is not None:
                 activity.heartbeat({"cursor": cursor})
+                # PostgreSQL: ANALYZE what this audience grew once it outgrew its statistics
+                # (a look at pg_stat_user_tables per page; nothing on SQLite).
+                await asyncio.to_thread(
+                    ledger.refresh_statistics, self.engine, ledger.GROWN_BY_AUDIENCE
+                )
         recipients = await asyncio.to_thread(ledger.finish_materialise, self.engine, inp.msg_id)
         return MaterialiseResult(recipients=recipients)

@@ -147,6 +147,9 @@ class JourneyActivities:
             await asyncio.to_thread(
                 ledger.select_resend_audience, self.engine, inp.msg_id, inp.stage
             )
+            # PostgreSQL: the resend's deliveries can outgrow the table's statistics, which
+            # the claims' plans depend on (a look at pg_stat_user_tables; nothing on SQLite).
+            await asyncio.to_thread(ledger.refresh_statistics, self.engine, ("delivery",))
         else:
             push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
             if PushRequest.model_validate(push.request).variants:

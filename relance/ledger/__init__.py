@@ -15,6 +15,7 @@ from relance.ledger.apps import (
     set_policy,
 )
 from relance.ledger.audience import (
+    GROWN_BY_AUDIENCE,
     audience_query,
     count_audience,
     finish_materialise,
@@ -162,6 +163,7 @@ __all__ = [
     "invalidate_device",
     "list_events",
     "materialise_page",
+    "GROWN_BY_AUDIENCE",
     "refresh_statistics",
     "message_lifecycle",
     "message_stats",

@@ -92,3 +92,34 @@ async def test_an_unknown_push_is_not_retried(engine: Engine) -> None:
             AudienceActivities(engine).materialise_audience, MaterialiseInput(msg_id="nope")
         )
     assert info.value.non_retryable
+
+
+async def test_on_postgresql_the_tables_an_audience_grows_get_statistics_as_it_goes(
+    engine: Engine,
+) -> None:
+    """A first big push on a fresh ledger: without statistics for `recipient` and `delivery`,
+    PostgreSQL planned each page's deliveries against every recipient written so far (page
+    times growing 0.19 -> 0.50 s over 100,000 devices, bench_fanout.py). The activity ANALYZEs
+    them while it writes, so the planner knows at least the first page's rows."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite plans without statistics")
+    app = ledger.create_app(engine, "big")[0]
+    devices = [{"registration_id": f"g{i:05d}", "tags": ["grow"]} for i in range(2_000)]
+    register(engine, app, *devices)
+    msg_id = ledger.accept_push(engine, app, push_request({"tag": ["grow"]})).push.msg_id
+    env, _ = environment()
+    result = await env.run(
+        AudienceActivities(engine, page_size=500).materialise_audience,
+        MaterialiseInput(msg_id=msg_id),
+    )
+    assert result.recipients == 2_000
+    with engine.connect() as conn:
+        known = dict(
+            conn.exec_driver_sql(
+                "SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_stat_user_tables s "
+                "ON s.relid = c.oid WHERE c.relname IN ('recipient', 'delivery') "
+                "AND s.last_analyze IS NOT NULL"
+            ).all()
+        )
+    assert set(known) == {"recipient", "delivery"}
+    assert all(rows >= 500 for rows in known.values()), known
