@@ -14,6 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from activities.providers.base import OutboundMessage, SendOutcome, message_data
+from activities.providers.deadlines import Deadlines
 from activities.providers.pool import SendPool
 from activities.providers.retry import RetryBudget, parse_retry_after
 from relance.credentials import FcmCredentials
@@ -133,10 +134,12 @@ class _AccessTokens:
         credentials: FcmCredentials,
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
+        timeout: float = 30.0,
     ) -> None:
         self._credentials = credentials
         self._session = session
         self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=timeout)  # an hourly request: a timer is fine
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -158,7 +161,8 @@ class _AccessTokens:
         creds = self._credentials
         form = {"grant_type": JWT_BEARER, "assertion": self._assertion()}
         try:
-            async with self._session().post(creds.token_uri, data=form) as response:
+            post = self._session().post(creds.token_uri, data=form, timeout=self._timeout)
+            async with post as response:
                 status, body = response.status, await response.read()
                 retry_after = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -235,11 +239,14 @@ class FcmProvider:
         self._budget, self._quota_delay = budget, quota_delay
         # An offline device then gets only the latest stage of a push.
         self._collapse_resends = collapse_resends
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # The request's limit is kept by a watchdog, not a timer per request (deadlines.py);
+        # aiohttp keeps only the connect limit, paid once per connection.
+        self._deadlines = Deadlines(timeout)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._http: aiohttp.ClientSession | None = None
-        self._tokens = _AccessTokens(credentials, self._session, clock)
+        self._tokens = _AccessTokens(credentials, self._session, clock, timeout)
 
     def _session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop, then kept for the provider's life.
@@ -295,9 +302,10 @@ class FcmProvider:
             return exc.verdict, None
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:  # at most max_in_flight at once: the pool has that many senders
-            async with self._session().post(self._send_url, data=body, headers=headers) as r:
-                answer = await r.read()
-                return classify(r.status, answer, r.headers.get("Retry-After")), token
+            async with self._deadlines.guard():
+                async with self._session().post(self._send_url, data=body, headers=headers) as r:
+                    answer = await r.read()
+                    return classify(r.status, answer, r.headers.get("Retry-After")), token
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
 
@@ -313,6 +321,7 @@ class FcmProvider:
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+        await self._deadlines.aclose()
         if self._http is not None:
             await self._http.close()
             self._http = None

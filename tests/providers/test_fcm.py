@@ -383,6 +383,25 @@ async def test_a_cancelled_send_drops_what_it_had_not_started(fcm: FakeFcm, make
     assert len(fcm.accepted_tokens()) == 40 - dropped + 1
 
 
+async def test_a_request_fcm_does_not_answer_times_out_and_is_handed_back(
+    fcm: FakeFcm, make: Make
+) -> None:
+    """A hung FCM holds no sender for ever: past the provider's timeout the request counts as
+    transient, is retried within the budget, then handed back for later; the next send goes."""
+    fcm.delay = 5.0
+    budget = RetryBudget(attempts=2, total_wait=1.0, base_delay=0.05, max_delay=0.05)
+    provider = make(timeout=0.4, budget=budget, sleep=Sleeps())
+    began = time.monotonic()
+    [outcome] = await provider.send([message("hung")])
+    took = time.monotonic() - began
+    assert not outcome.ok and outcome.retry_after is not None
+    assert "TimeoutError" in (outcome.error or "")
+    assert 0.8 <= took < 3.0  # two attempts of 0.4 s, each noticed within the watchdog's tick
+    fcm.delay = 0.0
+    [after] = await provider.send([message("prompt")])
+    assert after.ok
+
+
 def _body(status: int, rpc_status: str, message: str, *details: dict[str, Any]) -> bytes:
     error = {"code": status, "message": message, "status": rpc_status, "details": list(details)}
     return json.dumps({"error": error}).encode()
