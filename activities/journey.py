@@ -297,45 +297,69 @@ class JourneyActivities:
         self, inp: SendStageInput, stage: "_StageContent", route: Router, cursor: int
     ) -> tuple[BatchReport, int]:
         """One pass over the stage's open deliveries after `cursor`: claim a page, send it, and
-        claim the next while up to `pipeline` pages are with providers. The heartbeat's cursor
-        only moves past pages whose outcomes are recorded."""
+        claim the next while up to `pipeline` pages are with providers. A page's outcomes are
+        recorded in the same transaction as the next claim (`ledger.record_and_claim`), and the
+        heartbeat's cursor only moves past pages whose outcomes are recorded."""
         report, queued = BatchReport(), 0
-        in_flight: list[tuple[int, asyncio.Task[tuple[BatchReport, int]]]] = []
-
-        async def settle(task: asyncio.Task[tuple[BatchReport, int]]) -> None:
-            nonlocal queued
-            done, rows_queued = await task
-            queued += rows_queued
-            report.config_error = report.config_error or done.config_error
-            if done.retry_in is not None:
-                report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
-
+        in_flight: list[
+            tuple[int, asyncio.Task[tuple[BatchReport, list[ledger.SendOutcomeRow]]]]
+        ] = []
+        unrecorded: list[ledger.SendOutcomeRow] = []  # the last settled page's outcomes
+        settled_to: int | None = None  # and its last delivery id
+        exhausted = False
         try:
-            exhausted = False
-            while not exhausted:
-                page = await asyncio.to_thread(
-                    ledger.claim_batch,
-                    self.engine,
-                    inp.msg_id,
-                    inp.stage,
-                    cursor,
-                    self.batch_size,
-                    inp.variants,
-                    inp.upto_id,
-                )
-                exhausted = page.exhausted or page.last_id is None
-                if page.last_id is not None:
-                    cursor = page.last_id
-                    task = asyncio.create_task(self._send_page(inp, stage, route, page.items))
-                    in_flight.append((cursor, task))
-                while len(in_flight) >= self.pipeline or (exhausted and in_flight):
-                    recorded_to, oldest = in_flight.pop(0)
-                    await settle(oldest)
-                    activity.heartbeat({"cursor": recorded_to})
+            while in_flight or unrecorded or not exhausted:
+                page = None
+                if not exhausted:
+                    rows_queued, page = await asyncio.to_thread(
+                        ledger.record_and_claim,
+                        self.engine,
+                        inp.msg_id,
+                        inp.stage,
+                        unrecorded,
+                        cursor,
+                        self.batch_size,
+                        inp.variants,
+                        inp.upto_id,
+                    )
+                elif unrecorded:
+                    rows_queued = await asyncio.to_thread(
+                        ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, unrecorded
+                    )
+                else:
+                    rows_queued = 0
+                queued += rows_queued
+                unrecorded = []
+                if settled_to is not None:
+                    activity.heartbeat({"cursor": settled_to})
+                    settled_to = None
+                if page is not None:
+                    exhausted = page.exhausted or page.last_id is None
+                    if page.last_id is not None:
+                        cursor = page.last_id
+                        sending = self._deliver_page(inp, stage, route, page.items)
+                        in_flight.append((cursor, asyncio.create_task(sending)))
+                if in_flight and (len(in_flight) >= self.pipeline or exhausted):
+                    settled_to, oldest = in_flight.pop(0)
+                    done, unrecorded = await oldest
+                    report.config_error = report.config_error or done.config_error
+                    if done.retry_in is not None:
+                        report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
         finally:
-            for _, task in in_flight:  # cancelled or failed: let the others finish recording
+            # Cancelled or failed: the pages already with providers finish, and what they and
+            # the last settled page sent is recorded, so a retry does not ask about them again.
+            for _, task in in_flight:
                 if not task.done():
                     await asyncio.wait([task])
+                if not task.cancelled() and task.exception() is None:
+                    unrecorded = unrecorded + task.result()[1]
+            if unrecorded:  # a pass that ends well has recorded everything
+                try:
+                    await asyncio.to_thread(
+                        ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, unrecorded
+                    )
+                except Exception as exc:  # noqa: BLE001 — the retry asks the provider instead
+                    activity.logger.warning("outcomes of a stopped pass not recorded: %s", exc)
         return report, queued
 
     async def _send_page(
@@ -348,6 +372,22 @@ class JourneyActivities:
     ) -> tuple[BatchReport, int]:
         """Hand one claimed page to its providers and record every outcome (the deliveries
         that failed for good added to `failed_out`, when given)."""
+        report, rows = await self._deliver_page(inp, stage, route, items)
+        queued = await asyncio.to_thread(
+            ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows
+        )
+        if failed_out is not None:
+            failed_out += [r.delivery_id for r in rows if not r.ok and r.retry_after is None]
+        return report, queued
+
+    async def _deliver_page(
+        self,
+        inp: SendStageInput,
+        stage: "_StageContent",
+        route: Router,
+        items: list[ledger.Outbound],
+    ) -> tuple[BatchReport, list[ledger.SendOutcomeRow]]:
+        """Hand one claimed page to its providers; every outcome as a row to record."""
         groups: dict[int, tuple[Provider, list[ledger.Outbound]]] = {}
         for item in items:
             provider = route(item.platform)
@@ -360,12 +400,7 @@ class JourneyActivities:
             report.config_error = report.config_error or done.config_error
             if done.retry_in is not None:
                 report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
-        queued = await asyncio.to_thread(
-            ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, rows
-        )
-        if failed_out is not None:
-            failed_out += [r.delivery_id for r in rows if not r.ok and r.retry_after is None]
-        return report, queued
+        return report, rows
 
     async def _wake_callbacks(self, app_key: str) -> None:
         """The stage's sent/failed events wait in the outbox: wake the app's forwarder."""

@@ -219,70 +219,99 @@ def claim_batch(
     Those that stopped matching, or whose device became invalid, are marked skipped. Rows, not
     ORM objects: this runs once per batch of a million-recipient stage."""
     with Session(engine) as session:
-        if on_postgresql(session):
-            app_key = (
-                session.connection()
-                .execute(sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id))
-                .scalar_one_or_none()
-            )
-        else:
-            found = session.connection().exec_driver_sql(_SQLITE_APP_KEY, (msg_id,)).first()
-            app_key = None if found is None else found[0]
-        if app_key is None:
-            return Page([], None, True)
-        if on_postgresql(session):
-            extra: list[ColumnElement[bool]] = (
-                [] if variants is None else [col(Delivery.variant).in_(variants)]
-            )
-            if upto_id is not None:
-                extra.append(col(Delivery.id) <= upto_id)
-            rows = open_page(session, app_key, msg_id, stage, after_id, limit, extra)
-        else:
-            rows = _sqlite_open_page(
-                session, app_key, msg_id, stage, after_id, limit, variants, upto_id
-            )
-        items: list[Outbound] = []
-        skipped: list[int] = []
-        claimed: list[int] = []
-        invalid: list[int] = []
-        for (
-            delivery_id,
-            registration_id,
-            status,
-            platform,
-            stopped,
-            valid,
-            attributes,
-            name,
-        ) in rows:
-            if not valid:  # valid is None: the device is gone
-                invalid.append(delivery_id)
-                continue
-            if stage > 0 and stopped:
-                skipped.append(delivery_id)
-                continue
-            resend = status == DeliveryStatus.sending
-            if not resend:
-                claimed.append(delivery_id)
-            items.append(
-                Outbound(
-                    delivery_id, registration_id, platform, dict(attributes or {}), resend, name
-                )
-            )
-        for ids, values in (
-            (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),
-            (invalid, {"status": DeliveryStatus.skipped.value, "skip_reason": "invalid_token"}),
-            (claimed, {"status": DeliveryStatus.sending.value}),
-        ):
-            if not ids:
-                continue
-            if on_postgresql(session):  # one array parameter, not one bound value per id
-                session.connection().exec_driver_sql(
-                    _PG_MARK, {"reason": None, **values, "ids": ids}
-                )
-            else:
-                _sqlite_mark(session, ids, values["status"], values.get("skip_reason"))
+        page = _claim(session, msg_id, stage, after_id, limit, variants, upto_id)
         session.commit()
+    return page
+
+
+def record_and_claim(
+    engine: Engine,
+    msg_id: str,
+    stage: int,
+    outcomes: list["SendOutcomeRow"],
+    after_id: int,
+    limit: int,
+    variants: list[str] | None = None,
+    upto_id: int | None = None,
+) -> tuple[int, Page]:
+    """`record_outcomes` of one page and `claim_batch` of the next, in one transaction: a
+    stage in flight takes SQLite's write lock (or a PostgreSQL transaction) and a worker
+    thread once per page instead of twice. Returns the callback rows queued and the page."""
+    with Session(engine) as session:
+        queued = _record(session, msg_id, stage, outcomes) if outcomes else 0
+        page = _claim(session, msg_id, stage, after_id, limit, variants, upto_id)
+        session.commit()
+    return queued, page
+
+
+def _claim(
+    session: Session,
+    msg_id: str,
+    stage: int,
+    after_id: int,
+    limit: int,
+    variants: list[str] | None,
+    upto_id: int | None,
+) -> Page:
+    if on_postgresql(session):
+        app_key = (
+            session.connection()
+            .execute(sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id))
+            .scalar_one_or_none()
+        )
+    else:
+        found = session.connection().exec_driver_sql(_SQLITE_APP_KEY, (msg_id,)).first()
+        app_key = None if found is None else found[0]
+    if app_key is None:
+        return Page([], None, True)
+    if on_postgresql(session):
+        extra: list[ColumnElement[bool]] = (
+            [] if variants is None else [col(Delivery.variant).in_(variants)]
+        )
+        if upto_id is not None:
+            extra.append(col(Delivery.id) <= upto_id)
+        rows = open_page(session, app_key, msg_id, stage, after_id, limit, extra)
+    else:
+        rows = _sqlite_open_page(
+            session, app_key, msg_id, stage, after_id, limit, variants, upto_id
+        )
+    items: list[Outbound] = []
+    skipped: list[int] = []
+    claimed: list[int] = []
+    invalid: list[int] = []
+    for (
+        delivery_id,
+        registration_id,
+        status,
+        platform,
+        stopped,
+        valid,
+        attributes,
+        name,
+    ) in rows:
+        if not valid:  # valid is None: the device is gone
+            invalid.append(delivery_id)
+            continue
+        if stage > 0 and stopped:
+            skipped.append(delivery_id)
+            continue
+        resend = status == DeliveryStatus.sending
+        if not resend:
+            claimed.append(delivery_id)
+        items.append(
+            Outbound(delivery_id, registration_id, platform, dict(attributes or {}), resend, name)
+        )
+    for ids, values in (
+        (skipped, {"status": DeliveryStatus.skipped.value, "skip_reason": "stopped"}),
+        (invalid, {"status": DeliveryStatus.skipped.value, "skip_reason": "invalid_token"}),
+        (claimed, {"status": DeliveryStatus.sending.value}),
+    ):
+        if not ids:
+            continue
+        if on_postgresql(session):  # one array parameter, not one bound value per id
+            session.connection().exec_driver_sql(_PG_MARK, {"reason": None, **values, "ids": ids})
+        else:
+            _sqlite_mark(session, ids, values["status"], values.get("skip_reason"))
     return Page(items, rows[-1][0] if rows else None, len(rows) < limit)
 
 
@@ -371,83 +400,88 @@ def record_outcomes(engine: Engine, msg_id: str, stage: int, outcomes: list[Send
     """Record the provider's answers, in bulk: sent; not yet (back to pending, for a later
     try); or failed (a dead token also invalidates the device). Returns how many callback rows
     were queued for the push's callback URLs."""
+    with Session(engine) as session:
+        queued = _record(session, msg_id, stage, outcomes)
+        session.commit()
+    return queued
+
+
+def _record(session: Session, msg_id: str, stage: int, outcomes: list[SendOutcomeRow]) -> int:
     now = utcnow()
     final = [o for o in outcomes if o.ok or o.retry_after is None]
     failed = [o for o in final if not o.ok]
-    with Session(engine) as session:
-        push = session.get(Push, msg_id)
-        if push is None:
-            raise NotFound("msg_id", f"no push {msg_id!r}")
-        rows = [
-            {
-                "id": o.delivery_id,
-                "title": o.title,
-                "alert": o.alert,
-                "status": (
-                    DeliveryStatus.sent
-                    if o.ok
-                    else DeliveryStatus.pending
-                    if o.retry_after is not None
-                    else DeliveryStatus.failed
-                ).value,
-                "sent_at": now if o.ok else None,
-            }
-            for o in outcomes
-        ]
-        if rows and on_postgresql(session):
-            session.connection().exec_driver_sql(_PG_RECORD, arrays(rows, _PG_OUTCOME_COLUMNS))
-        elif rows:
-            _sqlite_record(session, rows)
-        events = [
-            {
-                "event_id": event_key(msg_id, o.registration_id, stage, status),
-                "msg_id": msg_id,
-                "registration_id": o.registration_id,
-                "stage": stage,
-                "status": status,
-                "at": now,
-                "error": None if o.ok else o.error,
-                "received_at": now,
-            }
-            for o in final
-            for status in (EventStatus.sent.value if o.ok else EventStatus.failed.value,)
-        ]
-        _, queued = store_events(session, push, events)
-        counts: Counter[str] = Counter()
-        if failed:
-            deliveries = {
-                d.id: d
-                for d in session.exec(
-                    select(Delivery).where(col(Delivery.id).in_([o.delivery_id for o in failed]))
+    push = session.get(Push, msg_id)
+    if push is None:
+        raise NotFound("msg_id", f"no push {msg_id!r}")
+    rows = [
+        {
+            "id": o.delivery_id,
+            "title": o.title,
+            "alert": o.alert,
+            "status": (
+                DeliveryStatus.sent
+                if o.ok
+                else DeliveryStatus.pending
+                if o.retry_after is not None
+                else DeliveryStatus.failed
+            ).value,
+            "sent_at": now if o.ok else None,
+        }
+        for o in outcomes
+    ]
+    if rows and on_postgresql(session):
+        session.connection().exec_driver_sql(_PG_RECORD, arrays(rows, _PG_OUTCOME_COLUMNS))
+    elif rows:
+        _sqlite_record(session, rows)
+    events = [
+        {
+            "event_id": event_key(msg_id, o.registration_id, stage, status),
+            "msg_id": msg_id,
+            "registration_id": o.registration_id,
+            "stage": stage,
+            "status": status,
+            "at": now,
+            "error": None if o.ok else o.error,
+            "received_at": now,
+        }
+        for o in final
+        for status in (EventStatus.sent.value if o.ok else EventStatus.failed.value,)
+    ]
+    _, queued = store_events(session, push, events)
+    counts: Counter[str] = Counter()
+    if failed:
+        deliveries = {
+            d.id: d
+            for d in session.exec(
+                select(Delivery).where(col(Delivery.id).in_([o.delivery_id for o in failed]))
+            )
+        }
+        recipients = {
+            r.registration_id: r
+            for r in session.exec(
+                select(Recipient)
+                .where(
+                    Recipient.msg_id == msg_id,
+                    col(Recipient.registration_id).in_([o.registration_id for o in failed]),
                 )
-            }
-            recipients = {
-                r.registration_id: r
-                for r in session.exec(
-                    select(Recipient)
-                    .where(
-                        Recipient.msg_id == msg_id,
-                        col(Recipient.registration_id).in_([o.registration_id for o in failed]),
-                    )
-                    .order_by(col(Recipient.id))
-                    .with_for_update()  # as event ingest does: one first failure, counted once
-                )
-            }
-            for o in failed:
-                apply_status(
-                    push.condition,
-                    recipients[o.registration_id],
-                    deliveries[o.delivery_id],
-                    EventStatus.failed,
-                    now,
-                    o.error,
-                    counts,
-                )
-                if o.token_invalid:
-                    invalidate(session, push.app_key, o.registration_id, o.error)
-        session.flush()
-        bump_counts(session, msg_id, counts)
-        session.commit()
+                .order_by(col(Recipient.id))
+                .with_for_update()  # as event ingest does: one first failure, counted once
+            )
+        }
+        for o in failed:
+            apply_status(
+                push.condition,
+                recipients[o.registration_id],
+                deliveries[o.delivery_id],
+                EventStatus.failed,
+                now,
+                o.error,
+                counts,
+            )
+            if o.token_invalid:
+                invalidate(session, push.app_key, o.registration_id, o.error)
+    session.flush()
+    bump_counts(session, msg_id, counts)
     return queued
 
 

@@ -504,3 +504,34 @@ def test_a_page_bigger_than_one_statement_records_each_outcome_once(
     assert count(engine, StatusEvent, msg_id=msg_id, status="sent") == 800
     assert count(engine, StatusEvent, msg_id=msg_id, status="failed") == 200
     assert ledger.stage_result(engine, msg_id, 0)[0] == {"sent": 800, "pending": 200, "failed": 200}
+
+
+def test_a_page_is_recorded_with_the_next_claim_in_one_transaction(
+    engine: Engine, app: str
+) -> None:
+    """How a stage in flight moves on: page 1's outcomes and page 2's claim in one call. Page 1
+    ends sent, page 2 is `sending`; the same call again (an activity retried after the commit)
+    records nothing twice and hands page 2 back as resends, to be asked about before sending."""
+    ledger.upsert_devices(
+        engine, app, [DeviceIn(registration_id=f"r{i:02d}", tags=["two"]) for i in range(10)]
+    )
+    msg_id = push(engine, app, {"tag": ["two"]})
+    first = ledger.claim_batch(engine, msg_id, 0, 0, 5)
+    rows = [
+        SendOutcomeRow(o.delivery_id, o.registration_id, ok=True, title="T", alert="A")
+        for o in first.items
+    ]
+    assert first.last_id is not None
+    for attempt in range(2):
+        _, second = ledger.record_and_claim(engine, msg_id, 0, rows, first.last_id, 5)
+        assert [o.registration_id for o in second.items] == [f"r{i:02d}" for i in range(5, 10)]
+        assert all(o.resend == (attempt == 1) for o in second.items)
+    with Session(engine) as s:
+        statuses = dict(
+            s.execute(
+                select(Delivery.registration_id, Delivery.status).where(Delivery.msg_id == msg_id)
+            ).all()
+        )
+    assert statuses == {f"r{i:02d}": "sent" if i < 5 else "sending" for i in range(10)}
+    assert count(engine, StatusEvent, msg_id=msg_id, status="sent") == 5
+    assert ledger.stage_result(engine, msg_id, 0)[0] == {"sent": 5, "sending": 5}
