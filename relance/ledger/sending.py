@@ -238,10 +238,24 @@ def record_and_claim(
     stage in flight takes SQLite's write lock (or a PostgreSQL transaction) and a worker
     thread once per page instead of twice. Returns the callback rows queued and the page."""
     with Session(engine) as session:
-        queued = _record(session, msg_id, stage, outcomes) if outcomes else 0
-        page = _claim(session, msg_id, stage, after_id, limit, variants, upto_id)
+        queued, app_key = 0, None
+        if outcomes:
+            queued = _record(session, msg_id, stage, outcomes)
+            # _record loaded the push: from the session's identity map, not a second read.
+            app_key = session.get_one(Push, msg_id).app_key
+        page = _claim(session, msg_id, stage, after_id, limit, variants, upto_id, app_key)
         session.commit()
     return queued, page
+
+
+def _app_key(session: Session, msg_id: str) -> str | None:
+    if on_postgresql(session):
+        found = session.connection().execute(
+            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
+        )
+        return found.scalar_one_or_none()
+    row = session.connection().exec_driver_sql(_SQLITE_APP_KEY, (msg_id,)).first()
+    return None if row is None else str(row[0])
 
 
 def _claim(
@@ -252,16 +266,10 @@ def _claim(
     limit: int,
     variants: list[str] | None,
     upto_id: int | None,
+    app_key: str | None = None,
 ) -> Page:
-    if on_postgresql(session):
-        app_key = (
-            session.connection()
-            .execute(sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id))
-            .scalar_one_or_none()
-        )
-    else:
-        found = session.connection().exec_driver_sql(_SQLITE_APP_KEY, (msg_id,)).first()
-        app_key = None if found is None else found[0]
+    if app_key is None:  # unless the caller has the push
+        app_key = _app_key(session, msg_id)
     if app_key is None:
         return Page([], None, True)
     if on_postgresql(session):
