@@ -99,6 +99,22 @@ class Stack:
         return part
 
 
+async def push_to_tag(
+    api: httpx.AsyncClient, registration_ids: list[str], tag: str, alert: str
+) -> str:
+    """Register these devices under `tag` (5,000 per request, the API's limit) and push
+    `alert` to the tag; returns the push's msg_id."""
+    for i in range(0, len(registration_ids), 5000):
+        devices = [{"registration_id": r, "tags": [tag]} for r in registration_ids[i : i + 5000]]
+        registered = await api.post("/v4/devices", json={"devices": devices})
+        assert registered.status_code == 200, registered.text
+    accepted = await api.post(
+        "/v4/push", json={"to": {"tag": [tag]}, "body": {"notification": {"alert": alert}}}
+    )
+    assert accepted.status_code == 200, accepted.text
+    return str(accepted.json()["msg_id"])
+
+
 def _wait_healthy(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.testing import WorkflowEnvironment
 
 from relance.journey import shard_queue
-from tests.e2e.conftest import relance_stack
+from tests.e2e.conftest import push_to_tag, relance_stack
 from tests.stack import eventually
 
 
@@ -51,17 +51,8 @@ async def test_the_shards_of_a_stage_spread_over_both_workers(
 
         await eventually(lambda: _two(activity_pollers), timeout=60)
         async with stack.api() as api:
-            devices = [
-                {"registration_id": f"spread-{i:04d}", "tags": ["spread"]} for i in range(size)
-            ]
-            registered = await api.post("/v4/devices", json={"devices": devices})
-            assert registered.status_code == 200, registered.text
-            accepted = await api.post(
-                "/v4/push",
-                json={"to": {"tag": ["spread"]}, "body": {"notification": {"alert": "Spread"}}},
-            )
-            assert accepted.status_code == 200, accepted.text
-            msg_id = accepted.json()["msg_id"]
+            recipients = [f"spread-{i:04d}" for i in range(size)]
+            msg_id = await push_to_tag(api, recipients, "spread", "Spread")
 
             async def completed() -> bool:
                 return (await api.get(f"/v4/push/{msg_id}")).json()["state"] == "completed"

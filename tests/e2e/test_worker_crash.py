@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.conftest import relance_stack
+from tests.e2e.conftest import push_to_tag, relance_stack
 from tests.stack import eventually
 
 
@@ -85,18 +85,7 @@ async def test_a_worker_killed_during_a_sharded_stage_leaves_everyone_sent_once(
         first = stack.parts["worker"]
         stack.add_worker()
         async with stack.api() as api, stack.simulator() as sim:
-            for i in range(0, size, 5000):
-                devices = [
-                    {"registration_id": r, "tags": ["shard"]} for r in recipients[i : i + 5000]
-                ]
-                registered = await api.post("/v4/devices", json={"devices": devices})
-                assert registered.status_code == 200, registered.text
-            accepted = await api.post(
-                "/v4/push",
-                json={"to": {"tag": ["shard"]}, "body": {"notification": {"alert": "Once"}}},
-            )
-            assert accepted.status_code == 200, accepted.text
-            msg_id = accepted.json()["msg_id"]
+            msg_id = await push_to_tag(api, recipients, "shard", "Once")
 
             async def received() -> int:
                 stats = (await sim.get(f"/v1/stats/{msg_id}")).json()["stages"]
