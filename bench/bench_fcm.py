@@ -1,5 +1,8 @@
 """Sends per second through FcmProvider next to a raw aiohttp loop, against the same local FCM
-(its own process), at the same concurrency. Run: .venv/bin/python bench/bench_fcm.py [N]"""
+(its own process), at the same concurrency, and the CPU each used per send (this process's
+CPU time over the timed part). FcmProvider sends through activities/providers/http1.py; the
+raw loop is what the same requests cost through aiohttp.
+Run: .venv/bin/python bench/bench_fcm.py [N]"""
 
 import asyncio
 import multiprocessing
@@ -57,21 +60,23 @@ def messages(n: int, run: str) -> list[OutboundMessage]:
     ]
 
 
-async def through_provider(creds: FcmCredentials, url: str, n: int, run: str) -> float:
+async def through_provider(
+    creds: FcmCredentials, url: str, n: int, run: str
+) -> tuple[float, float]:
     provider = FcmProvider(creds, url, max_in_flight=CONCURRENCY)
     try:
         await provider.send(messages(CONCURRENCY, f"warm-{run}"))  # token and connections
         batch = messages(n, run)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         outcomes = await provider.send(batch)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         await provider.aclose()
     assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:3]
-    return n / elapsed
+    return n / elapsed, 1e6 * cpu / n
 
 
-async def raw_aiohttp(info: dict[str, str], url: str, n: int, run: str) -> float:
+async def raw_aiohttp(info: dict[str, str], url: str, n: int, run: str) -> tuple[float, float]:
     send_url = f"{url}/v1/projects/{PROJECT}/messages:send"
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -94,9 +99,10 @@ async def raw_aiohttp(info: dict[str, str], url: str, n: int, run: str) -> float
 
         await asyncio.gather(*(one(m) for m in messages(CONCURRENCY, f"warm-raw-{run}")))
         batch = messages(n, f"raw-{run}")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(m) for m in batch))
-        return n / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return n / elapsed, 1e6 * cpu / n
 
 
 async def main(n: int) -> None:
@@ -109,21 +115,32 @@ async def main(n: int) -> None:
     url = ours.recv()
     info["token_uri"] = f"{url}/token"
     creds = FcmCredentials.model_validate(info)
-    provider_rates, raw_rates = [], []
+    provider_rates, raw_rates, provider_cpu, raw_cpu = [], [], [], []
     try:
         for r in range(ROUNDS):
-            raw_rates.append(await raw_aiohttp(info, url, n, f"r{r}"))
-            provider_rates.append(await through_provider(creds, url, n, f"p{r}"))
+            rate, cpu = await raw_aiohttp(info, url, n, f"r{r}")
+            raw_rates.append(rate)
+            raw_cpu.append(cpu)
+            rate, cpu = await through_provider(creds, url, n, f"p{r}")
+            provider_rates.append(rate)
+            provider_cpu.append(cpu)
     finally:
         ours.send("stop")
         server.join(timeout=10)
     provider, raw = statistics.median(provider_rates), statistics.median(raw_rates)
     # Each round pairs the two loops back to back, so that load from elsewhere cancels out.
     ratio = statistics.median(p / r for p, r in zip(provider_rates, raw_rates, strict=True))
+    cpu_ratio = statistics.median(p / r for p, r in zip(provider_cpu, raw_cpu, strict=True))
+    print(f"RATIO FcmProvider/raw aiohttp loop, sends/s: {ratio:.2f} (median of per-round ratios)")
+    print(f"  CPU per send, FcmProvider/raw loop: {cpu_ratio:.2f}")
     print(f"FCM, {n} messages per round, {CONCURRENCY} in flight, median of {ROUNDS} rounds")
-    print(f"  FcmProvider (aiohttp): {provider:8.0f} sends/s  {[round(x) for x in provider_rates]}")
-    print(f"  raw aiohttp loop:      {raw:8.0f} sends/s  {[round(x) for x in raw_rates]}")
-    print(f"  ratio provider/raw:    {ratio:8.2f}  (median of per-round ratios; goal >= 0.8)")
+    for name, rate, cpu in (
+        ("FcmProvider", provider, provider_cpu),
+        ("raw aiohttp loop", raw, raw_cpu),
+    ):
+        print(f"  {name:16} {rate:6.0f} sends/s, {statistics.median(cpu):4.0f} µs CPU/send")
+    print(f"  rounds: provider {[round(x) for x in provider_rates]}")
+    print(f"          raw      {[round(x) for x in raw_rates]}")
 
 
 if __name__ == "__main__":
