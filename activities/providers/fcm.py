@@ -311,7 +311,10 @@ class FcmProvider:
             return exc.verdict, None
         if self._head is None or self._head[0] != token:
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-            self._head = (token, self._origin.request_head(self._send_path, headers))
+            try:  # a project id or a token with a line break in it (never its value in the error)
+                self._head = (token, self._origin.request_head(self._send_path, headers))
+            except ValueError as exc:
+                return Verdict("config", f"FCM request not sent: {exc}"), token
         try:  # at most max_in_flight at once: the pool has that many senders
             async with self._deadlines.guard():
                 answer = await self._origin.post(self._head[1], body)

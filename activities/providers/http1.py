@@ -162,6 +162,13 @@ class Http1Origin:
     def request_head(self, path: str, headers: dict[str, str]) -> bytes:
         """The start of a POST to `path` with these headers, up to its Content-Length: made
         once per path and headers, and reused for every body (`post`)."""
+        # Nothing from outside (a project id, a token) may end a line early: it would add
+        # headers of its own, or a second request.
+        if not path.startswith("/") or any(c in path for c in " \r\n\0"):
+            raise ValueError(f"not a request path: {path!r}")
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\0") or ":" in name:
+                raise ValueError(f"header {name!r}: a line break or NUL in it")
         lines = [f"POST {path} HTTP/1.1", f"Host: {self._authority}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")

@@ -181,6 +181,17 @@ async def test_a_wrong_key_is_a_config_error_that_never_leaks_it(fcm: FakeFcm, m
     assert "PRIVATE KEY" not in repr(creds) and "PRIVATE KEY" not in str(creds.model_dump())
 
 
+async def test_a_project_id_that_would_break_the_request_line_is_a_config_error(
+    fcm: FakeFcm, make: Make
+) -> None:
+    provider = make({"project_id": f"{PROJECT}/x HTTP/1.1\r\nX-Injected: 1"})
+    outcomes = await provider.send([message(f"p{i}") for i in range(3)])
+    for outcome in outcomes:
+        assert (outcome.ok, outcome.config_error) == (False, True)
+        assert "not a request path" in outcome.error
+    assert fcm.accepted == []
+
+
 def _unregistered(fake: FakeFcm) -> None:
     fake.unregistered.add("t")
 

@@ -235,3 +235,17 @@ async def test_nobody_listening_is_a_connection_error() -> None:
 def test_only_http_origins_are_taken() -> None:
     with pytest.raises(ValueError, match="origin"):
         Http1Origin("ftp://example.com")
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/projects/p x/messages:send", {}),
+        ("/v1/projects/p\r\nX-Evil: 1/messages:send", {}),
+        ("/ok", {"Authorization": "Bearer t\r\nX-Evil: 1"}),
+        ("/ok", {"X-Evil: 1\r\nA": "b"}),
+    ],
+)
+def test_a_line_break_from_outside_cannot_add_headers(path: str, headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        Http1Origin("http://127.0.0.1:1").request_head(path, headers)
