@@ -47,7 +47,6 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._body: list[bytes] = []
-        self._header: bytes | None = None
         self._retry_after: str | None = None
         self._framed = False  # a Content-Length or chunked answer: EOF before its end is an error
         self._headers_done = False
@@ -81,10 +80,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools' callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header = name.lower()
-        if self._header == b"retry-after":
+        name = name.lower()
+        if name == b"retry-after":
             self._retry_after = value.decode("latin-1").strip()
-        elif self._header in (b"content-length", b"transfer-encoding"):
+        elif name in (b"content-length", b"transfer-encoding"):
             self._framed = True
 
     def on_headers_complete(self) -> None:
