@@ -243,7 +243,6 @@ class FcmProvider:
         self._origin = Http1Origin(f"{send_url.scheme}://{send_url.netloc}", ssl_context)
         self._send_path = send_url.path
         self._head: tuple[str, bytes] | None = None  # (access token, request head)
-        self._max_in_flight = max_in_flight
         self._pool: SendPool[OutboundMessage, SendOutcome] = SendPool(max_in_flight, self._deliver)
         self._budget, self._quota_delay = budget, quota_delay
         # An offline device then gets only the latest stage of a push.
@@ -315,9 +314,10 @@ class FcmProvider:
                 self._head = (token, self._origin.request_head(self._send_path, headers))
             except ValueError as exc:
                 return Verdict("config", f"FCM request not sent: {exc}"), token
+        head = self._head[1]
         try:  # at most max_in_flight at once: the pool has that many senders
             async with self._deadlines.guard():
-                answer = await self._origin.post(self._head[1], body)
+                answer = await self._origin.post(head, body)
         except OSError as exc:  # refused, cut, TLS, or past the limit (TimeoutError)
             return Verdict("transient", f"FCM unreachable: {type(exc).__name__}"), token
         return classify(answer.status, answer.body, answer.retry_after), token
