@@ -76,7 +76,7 @@ async def main(args: argparse.Namespace) -> None:
             database_url = stack.enter_context(running_postgres(tmp))
         else:
             database_url = f"sqlite:///{tmp / 'ledger.db'}"
-        run = harness.Run(tmp, stack)
+        run = harness.Run(tmp, stack, postgres=args.db == "postgresql")
         address = await harness.temporal(run, args.temporal_pragmas)
         fcm = harness.fake_fcm(run)
         shards = {"RELANCE_SEND_SHARD_SIZE": str(args.shard_size)}

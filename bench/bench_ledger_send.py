@@ -5,8 +5,9 @@
 
 No HTTP and no Temporal: one push to a tag of N devices is recorded and materialised, then
 `ledger.claim_batch` and `ledger.record_outcomes` (every send a success) run page after page,
-as `send_stage` calls them. The figure is this process's CPU per send (and the database
-server's, on PostgreSQL, is not in it).
+as `send_stage` calls them. The figure is this process's CPU per send; on PostgreSQL, the
+server's own CPU per recipient is given beside it (every postgres process on the machine: run
+it where no other cluster is busy), to claim and record and to materialise.
 
 `--against DIR` runs the same measure on another checkout of relance (e.g. `git worktree add
 /tmp/before <commit>`) in the same run, alternating the two, and prints the ratio first: how
@@ -29,6 +30,8 @@ HERE = Path(__file__).resolve().parent.parent
 
 def measure(recipients: int, batch: int, database_url: str) -> dict[str, float]:
     """In this process (whose sys.path holds the checkout to measure): µs of CPU per send."""
+    from procstat import postgres_cpu_seconds
+
     from relance import ledger
     from relance.db import make_engine
     from relance.migrate import upgrade
@@ -36,8 +39,10 @@ def measure(recipients: int, batch: int, database_url: str) -> dict[str, float]:
 
     engine = make_engine(database_url)
     upgrade(engine)
+    server = postgres_cpu_seconds if engine.dialect.name == "postgresql" else lambda: 0.0
     key, _ = ledger.create_app(engine, "bench")
-    ids = [f"token-{i:08d}" for i in range(recipients)]
+    # As long as FCM's registration tokens (about 160 characters): the indexes carry them.
+    ids = [f"{'f' * 150}:{i:08d}" for i in range(recipients)]
     for i in range(0, recipients, 1000):
         devices = [
             DeviceIn(registration_id=r, platform="android", tags=["all"]) for r in ids[i : i + 1000]
@@ -54,10 +59,14 @@ def measure(recipients: int, batch: int, database_url: str) -> dict[str, float]:
         }
     )
     msg_id = ledger.accept_push(engine, key, request).push.msg_id
+    pg0, cpu0 = server(), time.process_time()
     cursor = 0
+    ledger.refresh_statistics(engine)  # as materialise_audience does
     while (last := ledger.materialise_page(engine, msg_id, cursor, 5000)[0]) is not None:
         cursor = last
+        ledger.refresh_statistics(engine, ledger.GROWN_BY_AUDIENCE)
     ledger.finish_materialise(engine, msg_id)
+    pg1, cpu1 = server(), time.process_time()
 
     claim = record = 0.0
     sent, cursor = 0, 0
@@ -84,9 +93,34 @@ def measure(recipients: int, batch: int, database_url: str) -> dict[str, float]:
         sent += len(page.items)
         if page.exhausted:
             break
+    pg2 = server()
+    size = {"table": 0.0, "indexes": 0.0}
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            table, indexes = conn.exec_driver_sql(
+                "SELECT pg_table_size('delivery'), pg_indexes_size('delivery')"
+            ).one()
+        size = {"table": table / sent, "indexes": indexes / sent}
     engine.dispose()
     assert sent == recipients, f"{sent} sent of {recipients}"
-    return {"claim": 1e6 * claim / sent, "record": 1e6 * record / sent}
+    return {
+        "claim": 1e6 * claim / sent,
+        "record": 1e6 * record / sent,
+        "materialise": 1e6 * (cpu1 - cpu0) / sent,
+        "server_materialise": 1e6 * (pg1 - pg0) / sent,
+        "server_send": 1e6 * (pg2 - pg1) / sent,
+        "delivery_table_bytes": size["table"],
+        "delivery_index_bytes": size["indexes"],
+    }
+
+
+SERVER = (
+    "server_send",
+    "server_materialise",
+    "materialise",
+    "delivery_table_bytes",
+    "delivery_index_bytes",
+)
 
 
 def run_in(checkout: Path, args: argparse.Namespace, database_url: str) -> dict[str, float]:
@@ -168,6 +202,15 @@ def main(args: argparse.Namespace) -> None:
             f"  {name:8s} {statistics.median(total(name)):6.0f} µs of CPU per send "
             f"(claim {claim:.0f}, record {record:.0f}; rounds {[round(t) for t in total(name)]})"
         )
+        if args.db == "postgresql":
+            server = {k: statistics.median(f[k] for f in rounds) for k in SERVER}
+            print(
+                f"           PostgreSQL's CPU per recipient: {server['server_send']:.0f} µs to "
+                f"claim and record, {server['server_materialise']:.0f} µs to materialise "
+                f"(this process: {server['materialise']:.0f} µs); `delivery` after the send, "
+                f"per recipient: {server['delivery_table_bytes']:.0f} bytes of table, "
+                f"{server['delivery_index_bytes']:.0f} of indexes"
+            )
 
 
 if __name__ == "__main__":

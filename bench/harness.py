@@ -24,6 +24,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from procstat import cpu_seconds, postgres_cpu_seconds  # noqa: E402, F401
+
 from cli import temporal_dev_command, wait_port  # noqa: E402
 from relance import ledger  # noqa: E402
 from relance.binaries import DEV_SERVER_SQLITE_PRAGMAS  # noqa: E402
@@ -78,15 +80,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process from /proc; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), load avg {load}"
@@ -131,6 +124,8 @@ class Run:
     stack: ExitStack
     procs: dict[str, Proc] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
+    # Count the PostgreSQL cluster's CPU too (a bench on the postgresql ledger).
+    postgres: bool = False
     _sampling: bool = False
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -169,6 +164,8 @@ class Run:
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by each process of the run, and by this bench itself."""
         used = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
+        if self.postgres:
+            used["postgres"] = postgres_cpu_seconds()
         return {**used, "bench": cpu_seconds(os.getpid())}
 
     def rss(self, name: str) -> float:
