@@ -91,7 +91,7 @@ def build_worker(
             allowed_networks=tuple(settings.callback_allowed_networks),
         ),
     )
-    audience = AudienceActivities(engine)
+    audience = AudienceActivities(engine, chunk_size=settings.send_shard_size)
     schedules = ScheduleActivities(engine)
     worker = Worker(
         client,
@@ -99,10 +99,12 @@ def build_worker(
         workflows=[PushJourney, CallbackForwarder, ScheduledPush],
         activities=[
             audience.materialise_audience,
+            audience.materialise_chunk,
             journey.send_stage,
             journey.finish_journey,
             journey.plan_zones,
             journey.plan_stage,
+            journey.read_stage,
             callbacks.deliver_callbacks,
             schedules.fire_schedule,
         ],

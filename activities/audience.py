@@ -9,7 +9,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from relance import ledger
-from relance.journey import MaterialiseInput, MaterialiseResult
+from relance.journey import (
+    AudienceChunkInput,
+    AudienceChunkResult,
+    MaterialiseInput,
+    MaterialiseResult,
+)
+
+HEARTBEAT_EVERY = 5.0  # seconds
 
 
 def _cursor(details: Any) -> int:
@@ -20,10 +27,45 @@ def _cursor(details: Any) -> int:
 
 
 class AudienceActivities:
-    def __init__(self, engine: Engine, page_size: int = 5000) -> None:
+    def __init__(self, engine: Engine, page_size: int = 5000, chunk_size: int = 10_000) -> None:
         self.engine = engine
         # Devices per transaction: one page's recipients and deliveries, then a heartbeat.
         self.page_size = page_size
+        # Devices per chunk of a streamed audience (one transaction, then a send starts on it);
+        # 0: the whole audience in one chunk.
+        self.chunk_size = chunk_size
+
+    @activity.defn
+    async def materialise_chunk(self, inp: AudienceChunkInput) -> AudienceChunkResult:
+        """The next chunk of the push's audience into the ledger (ledger.materialise_chunk): a
+        retry writes the same chunk again, which adds nothing."""
+        if inp.after_device_id == 0:
+            await asyncio.to_thread(ledger.refresh_statistics, self.engine)
+        write = asyncio.ensure_future(
+            asyncio.to_thread(
+                ledger.materialise_chunk,
+                self.engine,
+                inp.msg_id,
+                inp.after_device_id,
+                self.chunk_size if self.chunk_size > 0 else 2**31 - 1,
+            )
+        )
+        try:
+            # One transaction, heartbeating while it runs: a worker lost mid-chunk is noticed
+            # after the heartbeat timeout, not after the chunk's whole start-to-close.
+            while not write.done():
+                await asyncio.wait([write], timeout=HEARTBEAT_EVERY)
+                activity.heartbeat({"after": inp.after_device_id})
+            chunk = write.result()
+        except ledger.NotFound as exc:
+            raise ApplicationError(str(exc), non_retryable=True) from exc
+        if chunk.cursor is not None:  # as materialise_audience does after each page
+            await asyncio.to_thread(
+                ledger.refresh_statistics, self.engine, ledger.GROWN_BY_AUDIENCE
+            )
+        return AudienceChunkResult(
+            cursor=chunk.cursor, upto_id=chunk.upto_id, recipients=chunk.recipients
+        )
 
     @activity.defn
     async def materialise_audience(self, inp: MaterialiseInput) -> MaterialiseResult:

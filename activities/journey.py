@@ -16,6 +16,7 @@ from relance.journey import (
     FinishInput,
     Funnel,
     PlanZonesInput,
+    Progress,
     SendStageInput,
     SendStageResult,
     StageShard,
@@ -189,12 +190,22 @@ class JourneyActivities:
             activity.heartbeat({"cursor": cursor})
         if queued or activity.info().attempt > 1:
             await self._wake_callbacks(push.app_key)
+        if not inp.tally:
+            return SendStageResult(
+                stage=inp.stage, progress=Progress(), config_error=report.config_error
+            )
         return await self._stage_result(
             inp,
             retry_in=retry_in if inp.one_pass else None,
             config_error=report.config_error,
             pending=True,
         )
+
+    @activity.defn
+    async def read_stage(self, inp: SendStageInput) -> SendStageResult:
+        """The stage's counts and the push's progress as the ledger has them now: a streamed
+        stage's result once all its sends have ended."""
+        return await self._stage_result(inp, pending=True)
 
     async def _stage_result(
         self, inp: SendStageInput, pending: bool = False, **extra: Any

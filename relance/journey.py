@@ -64,6 +64,9 @@ class JourneyPlan(BaseModel):
     local_send: bool = False
     # A tag, alias or "all" push: its first activity writes the audience into the ledger.
     materialise: bool = False
+    # ...and stage 0 starts on each chunk of the audience as soon as it is written, while the
+    # next chunk is written (no timing, no A/B variants). False: the whole audience, then stage 0.
+    stream_audience: bool = False
     # Quiet hours, local time, send_at, caps or throttles (relance.timing); None: none apply,
     # and the journey takes its fast path.
     timing: Timing | None = None
@@ -131,6 +134,22 @@ class MaterialiseResult(BaseModel):
     recipients: int
 
 
+class AudienceChunkInput(BaseModel):
+    msg_id: str
+    # The chunk's devices come after this device id (the previous chunk's cursor).
+    after_device_id: int = 0
+
+
+class AudienceChunkResult(BaseModel):
+    # Where the next chunk starts; None: the whole audience is written.
+    cursor: int | None
+    # The push's highest stage-0 delivery id once this chunk is written: the chunk's deliveries
+    # are those with ids in (the previous chunk's upto_id, upto_id].
+    upto_id: int
+    # The push's recipients, once all are written.
+    recipients: int | None = None
+
+
 class SendStageInput(BaseModel):
     msg_id: str
     stage: int
@@ -154,6 +173,9 @@ class SendStageInput(BaseModel):
     after_id: int = 0
     upto_id: int | None = None
     shard: str | None = None  # "2/4", for the logs and the timeline
+    # False: one chunk of a streamed stage 0, which does not count the whole stage when it
+    # ends (the journey reads it once, after every chunk's send: read_stage).
+    tally: bool = True
 
 
 class StageShard(BaseModel):
@@ -261,6 +283,7 @@ def plan_for(
         stage_offsets_seconds=[o.total_seconds() for o in stage_offsets(resend)],
         local_send=ids is not None and len(ids) <= LOCAL_SEND_MAX,
         materialise=ids is None,
+        stream_audience=ids is None and timing is None and not request.variants,
         timing=timing,
         observe_seconds=resend.observe_window.total_seconds() if resend else 0,
         variant_delays=variant_delays(request),

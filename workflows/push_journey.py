@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         wait_summary,
     )
     from relance.journey import (
+        AudienceChunkInput,
         FinishInput,
         Funnel,
         JourneyCarry,
@@ -137,16 +138,19 @@ class PushJourney:
         if self._next_stage == 0 and not self._cancelled:
             self._set_state(JourneyState.sending)
             sent_at = workflow.now()
-            if plan.materialise and workflow.patched("materialise-audience"):
-                await workflow.execute_activity_method(
-                    AudienceActivities.materialise_audience,
-                    MaterialiseInput(msg_id=plan.msg_id),
-                    start_to_close_timeout=timedelta(hours=2),
-                    heartbeat_timeout=timedelta(seconds=30),
-                    retry_policy=SEND_RETRY,
-                    summary="materialise the audience (tags, aliases or all)",
-                )
-            await self._send_stage(plan, 0, sent_at)
+            if plan.materialise and plan.stream_audience and workflow.patched("stream-audience"):
+                await self._stream_first_stage(plan, sent_at)
+            else:
+                if plan.materialise and workflow.patched("materialise-audience"):
+                    await workflow.execute_activity_method(
+                        AudienceActivities.materialise_audience,
+                        MaterialiseInput(msg_id=plan.msg_id),
+                        start_to_close_timeout=timedelta(hours=2),
+                        heartbeat_timeout=timedelta(seconds=30),
+                        retry_policy=SEND_RETRY,
+                        summary="materialise the audience (tags, aliases or all)",
+                    )
+                await self._send_stage(plan, 0, sent_at)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds
         assert sent_at is not None
@@ -428,11 +432,86 @@ class PushJourney:
                 retry_policy=SEND_RETRY,
                 summary=send_summary(stage, self._condition),
             )
+        self._sent(stage, scheduled_at, started, result)
+
+    def _sent(
+        self, stage: int, scheduled_at: datetime, started: datetime, result: SendStageResult
+    ) -> None:
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
         # The stage's summary: new, or (a later group of variants) its counts, now absolute.
         self._record(stage, scheduled_at, started, result)
+
+    async def _stream_first_stage(self, plan: JourneyPlan, sent_at: datetime) -> None:
+        """Stage 0 of a tag, alias or "all" push: its audience written chunk by chunk, and each
+        chunk's deliveries sent (a shard of the stage, on the shards' queue) while the next
+        chunk is written, so the first sends do not wait for the whole audience. An audience
+        of one chunk is sent as one stage, on the journey's queue. Every delivery is in one
+        chunk's range; the claims in the ledger keep each device to one send whatever retries."""
+        started = workflow.now()
+        inp = SendStageInput(msg_id=plan.msg_id, stage=0, scheduled_at=sent_at)
+        summary = send_summary(0, plan.condition)
+        sends: list[asyncio.Future[SendStageResult]] = []
+        cursor, upto = 0, 0
+        while True:
+            chunk = await workflow.execute_activity_method(
+                AudienceActivities.materialise_chunk,
+                AudienceChunkInput(msg_id=plan.msg_id, after_device_id=cursor),
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=SEND_RETRY,
+                summary=f"materialise the audience: devices after #{cursor}"
+                if cursor
+                else "materialise the audience (tags, aliases or all): first chunk",
+            )
+            if chunk.cursor is None and not sends:  # one chunk: one send (too few to shard)
+                one = await workflow.execute_activity_method(
+                    JourneyActivities.send_stage,
+                    inp,
+                    start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=15),
+                    retry_policy=SEND_RETRY,
+                    summary=summary,
+                )
+                self._sent(0, sent_at, started, one)
+                return
+            if chunk.upto_id > upto:
+                n = len(sends) + 1
+                sends.append(
+                    workflow.start_activity_method(
+                        JourneyActivities.send_stage,
+                        inp.model_copy(
+                            update={
+                                "after_id": upto,
+                                "upto_id": chunk.upto_id,
+                                "shard": str(n),
+                                "tally": False,
+                            }
+                        ),
+                        start_to_close_timeout=timedelta(hours=2),
+                        heartbeat_timeout=timedelta(seconds=15),
+                        retry_policy=SEND_RETRY,
+                        task_queue=shard_queue(workflow.info().task_queue),
+                        summary=f"{summary} · chunk {n}",
+                    )
+                )
+                upto = chunk.upto_id
+            if chunk.cursor is None:
+                break
+            cursor = chunk.cursor
+        results = await asyncio.gather(*sends)
+        # Each shard read the stage while others still sent (or before the last chunk was
+        # written): the stage's result is read once all have ended.
+        result = await workflow.execute_activity_method(
+            JourneyActivities.read_stage,
+            inp,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=SEND_RETRY,
+            summary="stage 0: its counts, once every chunk is sent",
+        )
+        error = next((r.config_error for r in results if r.config_error), None)
+        self._sent(0, sent_at, started, result.model_copy(update={"config_error": error}))
 
     async def _send_sharded(self, inp: SendStageInput, shards: list[StageShard]) -> SendStageResult:
         """A big stage: one activity per shard at once (on every worker of the queue). Each

@@ -16,10 +16,12 @@ from relance.ledger.apps import (
 )
 from relance.ledger.audience import (
     GROWN_BY_AUDIENCE,
+    AudienceChunk,
     audience_query,
     count_audience,
     finish_materialise,
     has_audience,
+    materialise_chunk,
     materialise_page,
     refresh_statistics,
     valid_registration_ids,
@@ -163,6 +165,8 @@ __all__ = [
     "ingest_events",
     "invalidate_device",
     "list_events",
+    "AudienceChunk",
+    "materialise_chunk",
     "materialise_page",
     "GROWN_BY_AUDIENCE",
     "refresh_statistics",

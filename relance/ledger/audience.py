@@ -5,6 +5,7 @@ page at a time, so that the journey, not the HTTP request, pays for a large audi
 Pages follow device ids and every insert is ON CONFLICT DO NOTHING: a retry from any older
 cursor, after a crash, inserts nothing twice."""
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, literal, update
@@ -125,10 +126,12 @@ def audience_query(
 
 def _page_end(
     session: Session, app_key: str, request: PushRequest, after: int, limit: int
-) -> int | None:
+) -> tuple[int | None, int]:
     """The device id that ends the next page: the `limit`-th device after `after` that `to`
     names, read from the index `to` uses alone (validity and platform are left to the insert,
-    so a page costs `limit` index entries however sparse the audience is). None: none left."""
+    so a page costs `limit` index entries however sparse the audience is). None: none left.
+    And how many index entries the page has: fewer than `limit` tells the last page without
+    reading the next one."""
     to = request.to
     driving = _driving_tags(to) if to != "all" else None
     if driving is not None:
@@ -142,7 +145,8 @@ def _page_end(
             col(Device.app_key) == app_key, col(Device.id) > after, *_named(request)
         )
     page = ids.order_by("id").limit(limit).subquery()
-    return session.execute(sa_select(func.max(page.c.id))).scalar_one_or_none()
+    last, n = session.execute(sa_select(func.max(page.c.id), func.count())).one()
+    return last, int(n or 0)
 
 
 def default_platform(request: PushRequest) -> str:
@@ -307,14 +311,26 @@ def materialise_page(
 
     Returns the last device id of the page (the next cursor; None when no device is left) and
     how many recipients were new: 0 for a page a crashed attempt had already written."""
+    page = _write_page(engine, msg_id, after_device_id, limit)
+    return page.cursor, page.inserted
+
+
+@dataclass(frozen=True)
+class WrittenPage:
+    cursor: int | None  # the page's last device id; None: no device was left
+    inserted: int  # recipients new in this page (0: a crashed attempt had written it)
+    last: bool  # no device is left after this page
+
+
+def _write_page(engine: Engine, msg_id: str, after_device_id: int, limit: int) -> WrittenPage:
     with Session(engine) as session:
         push = session.get(Push, msg_id)
         if push is None:
             raise NotFound("msg_id", f"no push {msg_id!r}")
         request = PushRequest.model_validate(push.request)
-        last = _page_end(session, push.app_key, request, after_device_id, limit)
+        last, n = _page_end(session, push.app_key, request, after_device_id, limit)
         if last is None:
-            return None, 0
+            return WrittenPage(None, 0, True)
         page = audience_query(push.app_key, request, after_device_id, last)
         devices = [
             col(Device.app_key) == push.app_key,
@@ -323,7 +339,47 @@ def materialise_page(
         ]
         inserted = insert_audience(session, msg_id, page, devices)
         session.commit()
-        return int(last), inserted
+        return WrittenPage(int(last), inserted, n < limit)
+
+
+@dataclass(frozen=True)
+class AudienceChunk:
+    cursor: int | None  # the next chunk's first device is after this id; None: all written
+    upto_id: int  # the push's highest stage-0 delivery id once this chunk is written
+    recipients: int | None  # the push's recipient count, once all are written
+
+
+def materialise_chunk(
+    engine: Engine, msg_id: str, after_device_id: int, limit: int
+) -> AudienceChunk:
+    """One chunk of a streamed audience: the next `limit` devices after `after_device_id`
+    written as `materialise_page` writes them, then the highest stage-0 delivery id of the
+    push. Chunks are written one after the other, so a chunk's deliveries are the push's
+    stage-0 deliveries with ids in (the previous chunk's upto_id, this one's]: a range a
+    send can start on while the next chunk is written. The last chunk marks the audience
+    ready (`finish_materialise`). A chunk written again (a retried activity) adds nothing, and
+    a push whose audience is ready returns at once."""
+    with Session(engine) as session:
+        push = session.get(Push, msg_id)
+        if push is None:
+            raise NotFound("msg_id", f"no push {msg_id!r}")
+        ready, recipients = push.audience_ready, push.recipients
+    if ready:
+        return AudienceChunk(None, _last_delivery(engine, msg_id), recipients)
+    page = _write_page(engine, msg_id, after_device_id, limit)
+    upto = _last_delivery(engine, msg_id)
+    if not page.last:
+        return AudienceChunk(page.cursor, upto, None)
+    return AudienceChunk(None, upto, finish_materialise(engine, msg_id))
+
+
+def _last_delivery(engine: Engine, msg_id: str) -> int:
+    d = Delivery
+    with Session(engine) as session:
+        last = session.execute(
+            sa_select(func.max(col(d.id))).where(col(d.msg_id) == msg_id, col(d.stage) == 0)
+        ).scalar_one_or_none()
+    return int(last or 0)
 
 
 def finish_materialise(engine: Engine, msg_id: str) -> int:

@@ -12,7 +12,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.audience import AudienceActivities
 from relance import ledger
-from relance.journey import MaterialiseInput, MaterialiseResult
+from relance.journey import AudienceChunkInput, MaterialiseInput, MaterialiseResult
 from tests.relance.test_audience import rows
 from tests.relance.test_ledger import push_request, register
 
@@ -123,3 +123,30 @@ async def test_on_postgresql_the_tables_an_audience_grows_get_statistics_as_it_g
         )
     assert set(known) == {"recipient", "delivery"}
     assert all(rows >= 500 for rows in known.values()), known
+
+
+async def test_materialise_chunk_streams_the_audience_chunk_by_chunk(
+    engine: Engine, msg_id: str
+) -> None:
+    """The streamed journey's activity: 11 devices in chunks of 4, each call one chunk and its
+    delivery-id bound, the last with the push's recipients; each heartbeats (a worker lost
+    mid-chunk is noticed after the heartbeat timeout). An unknown push is not retried."""
+    activities = AudienceActivities(engine, chunk_size=4)
+    results, cursor = [], 0
+    while True:
+        env, beats = environment()
+        chunk = await env.run(
+            activities.materialise_chunk, AudienceChunkInput(msg_id=msg_id, after_device_id=cursor)
+        )
+        assert beats
+        results.append(chunk)
+        if chunk.cursor is None:
+            break
+        cursor = chunk.cursor
+    assert [r.recipients for r in results] == [None, None, 11]
+    assert 0 < results[0].upto_id < results[1].upto_id < results[2].upto_id
+    assert rows(engine, msg_id) == (EXPECTED, EXPECTED)
+    env, _ = environment()
+    with pytest.raises(ApplicationError) as info:
+        await env.run(activities.materialise_chunk, AudienceChunkInput(msg_id="nope"))
+    assert info.value.non_retryable

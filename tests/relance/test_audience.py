@@ -212,6 +212,52 @@ def test_pages_of_two_write_the_audience_once_and_a_retry_writes_nothing(
     assert ledger.get_push(engine, app, msg_id).audience_ready
 
 
+def _chunk_deliveries(engine: Engine, msg_id: str, after: int, upto: int) -> list[str]:
+    with Session(engine) as s:
+        found = s.execute(
+            select(Delivery.registration_id).where(
+                Delivery.msg_id == msg_id,
+                Delivery.stage == 0,
+                Delivery.id > after,
+                Delivery.id <= upto,
+            )
+        )
+        return sorted(found.scalars())
+
+
+@pytest.mark.parametrize("devices", [7, 6], ids=["short-last-chunk", "exact-chunks"])
+def test_chunks_cover_the_audience_in_ranges_a_send_can_start_on(
+    engine: Engine, app: str, devices: int
+) -> None:
+    """A streamed audience, in chunks of 3: each chunk's stage-0 deliveries are exactly those
+    with ids after the previous chunk's upto_id, up to its own; the chunks together are the
+    audience, once; the last marks it ready with its count. A chunk written again (a retried
+    activity) adds nothing and says the same, and so does any chunk once the audience is ready."""
+    register(engine, app, *({"registration_id": f"m{i}", "tags": ["many"]} for i in range(devices)))
+    expected = sorted(f"m{i}" for i in range(devices))
+    msg_id = ledger.accept_push(engine, app, push_request({"tag": ["many"]})).push.msg_id
+
+    chunks, cursor, upto = [], 0, 0
+    while True:
+        chunk = ledger.materialise_chunk(engine, msg_id, cursor, 3)
+        # Again (a retry; for the last one, of a chunk that marked the audience ready).
+        assert ledger.materialise_chunk(engine, msg_id, cursor, 3) == chunk
+        chunks.append(_chunk_deliveries(engine, msg_id, upto, chunk.upto_id))
+        upto = chunk.upto_id
+        if chunk.cursor is None:
+            break
+        assert chunk.recipients is None
+        assert not ledger.get_push(engine, app, msg_id).audience_ready
+        cursor = chunk.cursor
+    assert chunk.recipients == devices
+    assert [len(c) for c in chunks] == ([3, 3, 1] if devices == 7 else [3, 3, 0])
+    assert sorted(r for c in chunks for r in c) == expected
+    assert rows(engine, msg_id) == (expected, expected)
+    push = ledger.get_push(engine, app, msg_id)
+    assert push.audience_ready and push.recipients == devices
+    assert ledger.materialise_chunk(engine, msg_id, 0, 3) == chunk  # ready: nothing more
+
+
 def test_a_page_crashed_half_way_is_completed_by_the_retry(engine: Engine, app: str) -> None:
     """A recipient is written with its delivery or not at all; a retry fills what is missing."""
     register(engine, app, *({"registration_id": f"m{i}", "tags": ["many"]} for i in range(7)))

@@ -1,6 +1,7 @@
 """A journey continues-as-new before Temporal's signal cap without losing its timing, and
 recorded journey histories replay deterministically against the current workflow code."""
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -129,7 +130,8 @@ async def test_a_tag_journey_materialises_its_audience_and_replays(
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
-    assert scheduled[0] == "materialise_audience"
+    # An audience of one chunk (fewer devices than a shard): written, then sent as any stage.
+    assert scheduled[:2] == ["materialise_chunk", "send_stage"]
     replayer = Replayer(
         workflows=[PushJourney],
         data_converter=pydantic_data_converter,
@@ -144,8 +146,10 @@ async def test_a_tag_journey_materialises_its_audience_and_replays(
 async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
     time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
 ) -> None:
-    """With shards of 3, each stage of a 10-device tag push goes out as 3 send_stage activities
-    at once (after a plan_stage), every device gets each stage once, and the history replays."""
+    """With shards of 3, a 10-device tag push's audience is written in 4 chunks, each sent as
+    soon as it is written (while the next is written); each resend stage goes out as 3
+    send_stage activities at once (after a plan_stage). Every device gets each stage once, and
+    the history replays."""
     behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
     async with inprocess_stack(
         time_env.client, tmp_path, task_queue, behaviour, send_shard_size=3
@@ -175,9 +179,21 @@ async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
         if e.HasField("activity_task_scheduled_event_attributes")
     ]
     names = [a.activity_type.name for a in sends]
-    assert names == ["materialise_audience"] + ["plan_stage", *["send_stage"] * 3] * 3 + [
+    # Stage 0: each chunk's send is scheduled right after the chunk, before the next chunk;
+    # 10 devices in chunks of 3, 3, 3 and 1 (the short one is the last: no 5th).
+    assert names[:8] == ["materialise_chunk", "send_stage"] * 4
+    assert names[8:] == ["read_stage"] + ["plan_stage", *["send_stage"] * 3] * 2 + [
         "finish_journey"
     ]
+    chunks = [
+        json.loads(a.input.payloads[0].data)
+        for a in sends[:8]
+        if a.activity_type.name == "send_stage"
+    ]
+    # Delivery-id ranges that follow each other from 0: together, every stage-0 delivery.
+    bounds = [(c["after_id"], c["upto_id"]) for c in chunks]
+    assert bounds[0][0] == 0
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(bounds, bounds[1:], strict=False))
     # The shards wait on a queue of their own, a few at a time per worker (send_shard_slots).
     queues = {a.task_queue.name for a in sends if a.activity_type.name == "send_stage"}
     assert queues == {f"{task_queue}-shards"}
