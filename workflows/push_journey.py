@@ -142,14 +142,7 @@ class PushJourney:
                 await self._stream_first_stage(plan, sent_at)
             else:
                 if plan.materialise and workflow.patched("materialise-audience"):
-                    await workflow.execute_activity_method(
-                        AudienceActivities.materialise_audience,
-                        MaterialiseInput(msg_id=plan.msg_id),
-                        start_to_close_timeout=timedelta(hours=2),
-                        heartbeat_timeout=timedelta(seconds=30),
-                        retry_policy=SEND_RETRY,
-                        summary="materialise the audience (tags, aliases or all)",
-                    )
+                    await self._materialise(plan)
                 await self._send_stage(plan, 0, sent_at)
             self._next_stage = 1
         offsets = plan.stage_offsets_seconds
@@ -268,14 +261,7 @@ class PushJourney:
         if carry.slots is None:
             start = workflow.now()
             if plan.materialise:
-                await workflow.execute_activity_method(
-                    AudienceActivities.materialise_audience,
-                    MaterialiseInput(msg_id=plan.msg_id),
-                    start_to_close_timeout=timedelta(hours=2),
-                    heartbeat_timeout=timedelta(seconds=30),
-                    retry_policy=SEND_RETRY,
-                    summary="materialise the audience (tags, aliases or all)",
-                )
+                await self._materialise(plan)
             zones = None
             if timing.by_zone:
                 zones = await workflow.execute_activity_method(
@@ -424,15 +410,33 @@ class PushJourney:
             if len(shards) > 1:
                 result = await self._send_sharded(inp, shards)
         if result is None:
-            result = await workflow.execute_activity_method(
-                JourneyActivities.send_stage,
-                inp,
-                start_to_close_timeout=timedelta(hours=2),
-                heartbeat_timeout=timedelta(seconds=15),
-                retry_policy=SEND_RETRY,
-                summary=send_summary(stage, self._condition),
-            )
+            result = await self._start_send(inp, send_summary(stage, self._condition))
         self._sent(stage, scheduled_at, started, result)
+
+    async def _materialise(self, plan: JourneyPlan) -> None:
+        """The whole audience into the ledger before stage 0 (materialise_audience)."""
+        await workflow.execute_activity_method(
+            AudienceActivities.materialise_audience,
+            MaterialiseInput(msg_id=plan.msg_id),
+            start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=SEND_RETRY,
+            summary="materialise the audience (tags, aliases or all)",
+        )
+
+    def _start_send(
+        self, inp: SendStageInput, summary: str, task_queue: str | None = None
+    ) -> workflow.ActivityHandle[SendStageResult]:
+        """A regular send_stage activity: a whole stage, or one shard or chunk of it."""
+        return workflow.start_activity_method(
+            JourneyActivities.send_stage,
+            inp,
+            start_to_close_timeout=timedelta(hours=2),
+            heartbeat_timeout=timedelta(seconds=15),
+            retry_policy=SEND_RETRY,
+            task_queue=task_queue,
+            summary=summary,
+        )
 
     def _sent(
         self, stage: int, scheduled_at: datetime, started: datetime, result: SendStageResult
@@ -452,7 +456,7 @@ class PushJourney:
         started = workflow.now()
         inp = SendStageInput(msg_id=plan.msg_id, stage=0, scheduled_at=sent_at)
         summary = send_summary(0, plan.condition)
-        sends: list[asyncio.Future[SendStageResult]] = []
+        sends: list[workflow.ActivityHandle[SendStageResult]] = []
         cursor, upto = 0, 0
         while True:
             chunk = await workflow.execute_activity_method(
@@ -466,34 +470,22 @@ class PushJourney:
                 else "materialise the audience (tags, aliases or all): first chunk",
             )
             if chunk.cursor is None and not sends:  # one chunk: one send (too few to shard)
-                one = await workflow.execute_activity_method(
-                    JourneyActivities.send_stage,
-                    inp,
-                    start_to_close_timeout=timedelta(hours=2),
-                    heartbeat_timeout=timedelta(seconds=15),
-                    retry_policy=SEND_RETRY,
-                    summary=summary,
-                )
+                one = await self._start_send(inp, summary)
                 self._sent(0, sent_at, started, one)
                 return
             if chunk.upto_id > upto:
                 n = len(sends) + 1
+                chunk_inp = inp.model_copy(
+                    update={
+                        "after_id": upto,
+                        "upto_id": chunk.upto_id,
+                        "shard": str(n),
+                        "tally": False,
+                    }
+                )
                 sends.append(
-                    workflow.start_activity_method(
-                        JourneyActivities.send_stage,
-                        inp.model_copy(
-                            update={
-                                "after_id": upto,
-                                "upto_id": chunk.upto_id,
-                                "shard": str(n),
-                                "tally": False,
-                            }
-                        ),
-                        start_to_close_timeout=timedelta(hours=2),
-                        heartbeat_timeout=timedelta(seconds=15),
-                        retry_policy=SEND_RETRY,
-                        task_queue=shard_queue(workflow.info().task_queue),
-                        summary=f"{summary} · chunk {n}",
+                    self._start_send(
+                        chunk_inp, f"{summary} · chunk {n}", shard_queue(workflow.info().task_queue)
                     )
                 )
                 upto = chunk.upto_id
@@ -526,16 +518,12 @@ class PushJourney:
         )
         results = await asyncio.gather(
             *(
-                workflow.execute_activity_method(
-                    JourneyActivities.send_stage,
+                self._start_send(
                     inp.model_copy(
                         update={"after_id": s.after_id, "upto_id": s.upto_id, "shard": f"{i}/{n}"}
                     ),
-                    start_to_close_timeout=timedelta(hours=2),
-                    heartbeat_timeout=timedelta(seconds=15),
-                    retry_policy=SEND_RETRY,
-                    task_queue=queue,
-                    summary=f"{send_summary(inp.stage, self._condition)} · shard {i}/{n}",
+                    f"{send_summary(inp.stage, self._condition)} · shard {i}/{n}",
+                    queue,
                 )
                 for i, s in enumerate(shards, 1)
             )
