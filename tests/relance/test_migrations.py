@@ -470,7 +470,9 @@ def test_on_postgresql_a_send_updates_its_deliveries_in_place(blank: Engine) -> 
         time.sleep(0.1)
     total, hot = counts
     assert total == 2 * n, counts  # claimed, then recorded: two updates per delivery
-    assert hot >= 0.95 * total, counts
+    # Most, not all: a page drops a row's previous version only once no snapshot needs it, so
+    # under load a few updates go elsewhere (93-100% HOT in suite runs; 9% with full pages).
+    assert hot >= 0.8 * total, counts
 
     def fillfactor() -> list[str] | None:
         with blank.connect() as conn:
