@@ -314,41 +314,51 @@ _PG_EVENT_COLUMNS = {
 }
 _EVENT_COLUMNS = tuple(_PG_EVENT_COLUMNS)
 _TIMES = {c for c, t in _PG_EVENT_COLUMNS.items() if t == "timestamptz"}
-_SQLITE_EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+_SQLITE_EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING"
+_RETURNING = " RETURNING event_id"
 _PG_INSERT_EVENTS = (
     f"INSERT INTO {_EVENT.name} ({', '.join(_PG_EVENT_COLUMNS)}) "
     f"SELECT {', '.join(_PG_EVENT_COLUMNS)} FROM {unnest(_PG_EVENT_COLUMNS)} ORDER BY ord "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    "ON CONFLICT (event_id) DO NOTHING"
 )
 
 
 def store_events(
-    session: Session, push: Push, events: list[dict[str, Any]]
+    session: Session, push: Push, events: list[dict[str, Any]], new_ones: bool = True
 ) -> tuple[set[str], int]:
     """Insert status events, ignoring ones already stored; queue the new ones for callbacks.
     Returns the event_ids that were new and how many callback rows were queued.
 
-    One executemany on the table (SQLAlchemy batches it into multi-row INSERTs from one cached
-    statement), not a VALUES list compiled afresh for every batch."""
+    With `new_ones=False` (the caller does not need them), a push with no callback URL's
+    events are inserted without reading back which were new, and the set returned is empty:
+    a stage records one event per send, and most pushes have no callback URL.
+
+    One statement per batch, whatever its size: on PostgreSQL one array per column, on
+    SQLite one multi-row INSERT per SQLITE_MAX_ROWS rows."""
     if not events:
         return set(), 0
+    urls = outbox.urls_of(session, push)
+    returning = _RETURNING if urls or new_ones else ""
+    inserted: set[str] = set()
     if on_postgresql(session):
-        inserted = set(
-            session.connection()
-            .exec_driver_sql(_PG_INSERT_EVENTS, arrays(events, _PG_EVENT_COLUMNS))
-            .scalars()
-        )
+        sql, params = _PG_INSERT_EVENTS + returning, arrays(events, _PG_EVENT_COLUMNS)
+        found = session.connection().exec_driver_sql(sql, params)
+        if returning:
+            inserted.update(found.scalars())
     else:
         conn = session.connection()
-        inserted = set()
         for batch in chunks(events, SQLITE_MAX_ROWS):
             rows = [
                 tuple(sqlite_time(e[c]) if c in _TIMES else e[c] for c in _EVENT_COLUMNS)
                 for e in batch
             ]
             sql = sqlite_insert(_EVENT.name, _EVENT_COLUMNS, len(rows), _SQLITE_EVENTS_TAIL)
-            inserted.update(r[0] for r in conn.exec_driver_sql(sql, flat(rows)))
-    queued = outbox.enqueue(session, push, [e for e in events if e["event_id"] in inserted])
+            found = conn.exec_driver_sql(sql + returning, flat(rows))
+            if returning:
+                inserted.update(r[0] for r in found)
+    if not urls:
+        return inserted, 0
+    queued = outbox.enqueue(session, push, [e for e in events if e["event_id"] in inserted], urls)
     return inserted, queued
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from relance.callbacks import callback_row, callback_urls, next_attempt
-from relance.db import App, CallbackBatch, CallbackRow, Push, reading
+from relance.db import CallbackBatch, CallbackRow, Push, reading
 from relance.ledger._base import arrays, insert_for, on_postgresql, unnest
 from relance.states import CallbackBatchState
 
@@ -38,13 +38,30 @@ _PG_INSERT_ROWS = (
 )
 
 
-def enqueue(session: Session, push: Push, events: list[dict[str, Any]]) -> int:
-    """Queue these (newly stored) status events for each callback URL of their push; returns
-    how many rows were queued."""
+_APP_URLS = "SELECT callback_urls FROM app WHERE app_key = {p}"
+
+
+def urls_of(session: Session, push: Push) -> list[str]:
+    """The push's callback URLs: its own, or else its app's (one plain read of the app's
+    column, not an ORM load of the app, since a stage asks once per page)."""
+    if push.request.get("callback_url") is not None:
+        return callback_urls(push.request, [])
+    sql = _APP_URLS.format(p="%s" if on_postgresql(session) else "?")
+    found = session.connection().exec_driver_sql(sql, (push.app_key,)).scalar()
+    if isinstance(found, str):  # SQLite's JSON text
+        found = json.loads(found)
+    return callback_urls(push.request, list(found or []))
+
+
+def enqueue(
+    session: Session, push: Push, events: list[dict[str, Any]], urls: list[str] | None = None
+) -> int:
+    """Queue these (newly stored) status events for each callback URL of their push (`urls`,
+    when the caller has read them); returns how many rows were queued."""
     if not events:
         return 0
-    app = session.get(App, push.app_key)
-    urls = callback_urls(push.request, app.callback_urls if app else [])
+    if urls is None:
+        urls = urls_of(session, push)
     if not urls:
         return 0
     # The push's columns read once, not through the ORM's attributes for every row.

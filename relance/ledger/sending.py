@@ -151,18 +151,22 @@ def open_page(
     )
 
 
-_SQLITE_APP_KEY = "SELECT app_key FROM push WHERE msg_id = ?"
-_SQLITE_OPEN_PAGE = (
+_APP_KEY = "SELECT app_key FROM push WHERE msg_id = {p}"
+_OPEN_PAGE = (
     "SELECT d.id, d.registration_id, d.status, r.platform, r.stopped, v.valid, v.attributes, "
     "d.variant FROM delivery AS d JOIN recipient AS r ON r.msg_id = d.msg_id AND "
-    "r.registration_id = d.registration_id LEFT OUTER JOIN device AS v ON v.app_key = ? AND "
-    "v.registration_id = d.registration_id WHERE d.msg_id = ? AND d.stage = ? AND d.id > ? "
-    f"AND d.status IN ({', '.join('?' for _ in OPEN_DELIVERIES)})"
+    "r.registration_id = d.registration_id LEFT OUTER JOIN device AS v ON v.app_key = {p} AND "
+    "v.registration_id = d.registration_id WHERE d.msg_id = {p} AND d.stage = {p} AND d.id > {p} "
+    f"AND d.status IN ({', '.join(repr(s.value) for s in OPEN_DELIVERIES)})"
 )
-_OPEN_STATUSES = tuple(s.value for s in OPEN_DELIVERIES)
 
 
-def _sqlite_open_page(
+def _placeholder(session: Session) -> str:
+    """A positional parameter's mark in a plain statement: psycopg's or sqlite3's."""
+    return "%s" if on_postgresql(session) else "?"
+
+
+def _plain_open_page(
     session: Session,
     app_key: str,
     msg_id: str,
@@ -172,26 +176,29 @@ def _sqlite_open_page(
     variants: list[str] | None,
     upto_id: int | None,
 ) -> list[Any]:
-    """`open_page` for a claim, as one plain statement: on SQLite, building and compiling the
-    SELECT and decoding each row's attributes through SQLAlchemy cost more of a fan-out's CPU
-    than SQLite's own work (`bench/bench_ledger_send.py`). Attributes are decoded only when a
-    device has some."""
-    sql, params = _SQLITE_OPEN_PAGE, [app_key, msg_id, stage, after_id, *_OPEN_STATUSES]
+    """`open_page` for a claim, as one plain statement: building and compiling the SELECT
+    and handling each row through SQLAlchemy cost more of a fan-out's CPU than the database's
+    own work (`bench/bench_ledger_send.py`), on SQLite and on PostgreSQL alike. SQLite hands
+    attributes back as text: they are decoded only when a device has some."""
+    p = _placeholder(session)
+    sql, params = _OPEN_PAGE.format(p=p), [app_key, msg_id, stage, after_id]
     if variants is not None:
-        sql += f" AND d.variant IN ({', '.join('?' for _ in variants)})" if variants else " AND 0"
+        sql += f" AND d.variant IN ({', '.join(p for _ in variants)})" if variants else " AND 1 = 0"
         params += variants
     if upto_id is not None:
-        sql += " AND d.id <= ?"
+        sql += f" AND d.id <= {p}"
         params.append(upto_id)
-    rows = session.connection().exec_driver_sql(sql + " ORDER BY d.id LIMIT ?", (*params, limit))
+    rows = session.connection().exec_driver_sql(f"{sql} ORDER BY d.id LIMIT {p}", (*params, limit))
     return [
         (i, reg, status, platform, stopped, valid, _attributes(attrs), variant)
         for i, reg, status, platform, stopped, valid, attrs, variant in rows
     ]
 
 
-def _attributes(text: str | None) -> dict[str, Any] | None:
-    return None if text is None or text == "{}" else json.loads(text)
+def _attributes(attrs: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(attrs, str):  # SQLite's JSON text
+        return None if attrs == "{}" else json.loads(attrs)
+    return attrs or None
 
 
 def _sqlite_mark(session: Session, ids: list[int], status: str, reason: str | None) -> None:
@@ -249,12 +256,8 @@ def record_and_claim(
 
 
 def _app_key(session: Session, msg_id: str) -> str | None:
-    if on_postgresql(session):
-        found = session.connection().execute(
-            sa_select(col(Push.app_key)).where(col(Push.msg_id) == msg_id)
-        )
-        return found.scalar_one_or_none()
-    row = session.connection().exec_driver_sql(_SQLITE_APP_KEY, (msg_id,)).first()
+    sql = _APP_KEY.format(p=_placeholder(session))
+    row = session.connection().exec_driver_sql(sql, (msg_id,)).first()
     return None if row is None else str(row[0])
 
 
@@ -272,17 +275,7 @@ def _claim(
         app_key = _app_key(session, msg_id)
     if app_key is None:
         return Page([], None, True)
-    if on_postgresql(session):
-        extra: list[ColumnElement[bool]] = (
-            [] if variants is None else [col(Delivery.variant).in_(variants)]
-        )
-        if upto_id is not None:
-            extra.append(col(Delivery.id) <= upto_id)
-        rows = open_page(session, app_key, msg_id, stage, after_id, limit, extra)
-    else:
-        rows = _sqlite_open_page(
-            session, app_key, msg_id, stage, after_id, limit, variants, upto_id
-        )
+    rows = _plain_open_page(session, app_key, msg_id, stage, after_id, limit, variants, upto_id)
     items: list[Outbound] = []
     skipped: list[int] = []
     claimed: list[int] = []
@@ -455,7 +448,7 @@ def _record(session: Session, msg_id: str, stage: int, outcomes: list[SendOutcom
         for o in final
         for status in (EventStatus.sent.value if o.ok else EventStatus.failed.value,)
     ]
-    _, queued = store_events(session, push, events)
+    _, queued = store_events(session, push, events, new_ones=False)
     counts: Counter[str] = Counter()
     if failed:
         deliveries = {

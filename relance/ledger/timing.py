@@ -211,7 +211,7 @@ def _skip_events(
         for reason, ids in skipped.items()
         for delivery_id in ids
     ]
-    store_events(session, push, events)
+    store_events(session, push, events, new_ones=False)
 
 
 def _within_caps(
