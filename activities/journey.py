@@ -37,6 +37,13 @@ async def _sleep_heartbeating(seconds: float) -> None:
         activity.heartbeat()
 
 
+# A stage's cursor is heartbeaten at most this often (seconds). Temporal's SDK sends heartbeats
+# to the server at most every 80% of the heartbeat timeout anyway, and each call still encodes
+# its details; a retry that starts a second behind re-reads pages whose deliveries are no
+# longer open, and sends none of them again.
+CHECKPOINT_EVERY = 1.0
+
+
 def _checkpoint(details: Any) -> int:
     """Heartbeat details come back untyped on a retry: rebuild the cursor explicitly."""
     if isinstance(details, dict):
@@ -318,6 +325,8 @@ class JourneyActivities:
         unrecorded: list[ledger.SendOutcomeRow] = []  # the last settled page's outcomes
         settled_to: int | None = None  # and its last delivery id
         exhausted = False
+        loop = asyncio.get_running_loop()
+        next_checkpoint = loop.time()  # the first settled page is heartbeaten at once
         try:
             while in_flight or unrecorded or not exhausted:
                 page = None
@@ -341,9 +350,10 @@ class JourneyActivities:
                     rows_queued = 0
                 queued += rows_queued
                 unrecorded = []
-                if settled_to is not None:
+                if settled_to is not None and loop.time() >= next_checkpoint:
                     activity.heartbeat({"cursor": settled_to})
-                    settled_to = None
+                    next_checkpoint = loop.time() + CHECKPOINT_EVERY
+                settled_to = None
                 if page is not None:
                     exhausted = page.exhausted or page.last_id is None
                     if page.last_id is not None:
