@@ -91,7 +91,9 @@ def build_worker(
             allowed_networks=tuple(settings.callback_allowed_networks),
         ),
     )
-    audience = AudienceActivities(engine, chunk_size=settings.send_shard_size)
+    audience = AudienceActivities(
+        engine, chunk_size=settings.send_shard_size, max_chunks=settings.send_max_shards
+    )
     schedules = ScheduleActivities(engine)
     worker = Worker(
         client,

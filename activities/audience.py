@@ -27,27 +27,35 @@ def _cursor(details: Any) -> int:
 
 
 class AudienceActivities:
-    def __init__(self, engine: Engine, page_size: int = 5000, chunk_size: int = 10_000) -> None:
+    def __init__(
+        self, engine: Engine, page_size: int = 5000, chunk_size: int = 10_000, max_chunks: int = 8
+    ) -> None:
         self.engine = engine
         # Devices per transaction: one page's recipients and deliveries, then a heartbeat.
         self.page_size = page_size
-        # Devices per chunk of a streamed audience (one transaction, then a send starts on it);
-        # 0: the whole audience in one chunk.
+        # Devices in the first chunk of a streamed audience (one transaction, then a send
+        # starts on it), and at least in each of the others; 0: the whole audience in one chunk.
         self.chunk_size = chunk_size
+        # The most chunks an audience comes in (RELANCE_SEND_MAX_SHARDS): the first counts
+        # the devices left, and the others share them.
+        self.max_chunks = max_chunks
 
     @activity.defn
     async def materialise_chunk(self, inp: AudienceChunkInput) -> AudienceChunkResult:
         """The next chunk of the push's audience into the ledger (ledger.materialise_chunk): a
         retry writes the same chunk again, which adds nothing."""
-        if inp.after_device_id == 0:
+        first = inp.after_device_id == 0
+        if first:
             await asyncio.to_thread(ledger.refresh_statistics, self.engine)
+        limit = inp.limit or (self.chunk_size if self.chunk_size > 0 else 2**31 - 1)
         write = asyncio.ensure_future(
             asyncio.to_thread(
                 ledger.materialise_chunk,
                 self.engine,
                 inp.msg_id,
                 inp.after_device_id,
-                self.chunk_size if self.chunk_size > 0 else 2**31 - 1,
+                limit,
+                first and self.max_chunks > 1,
             )
         )
         try:
@@ -63,8 +71,14 @@ class AudienceActivities:
             await asyncio.to_thread(
                 ledger.refresh_statistics, self.engine, ledger.GROWN_BY_AUDIENCE
             )
+        next_limit = inp.limit
+        if chunk.rest is not None:  # the others share what is left, none smaller than the first
+            next_limit = max(limit, -(-chunk.rest // (self.max_chunks - 1)))
         return AudienceChunkResult(
-            cursor=chunk.cursor, upto_id=chunk.upto_id, recipients=chunk.recipients
+            cursor=chunk.cursor,
+            upto_id=chunk.upto_id,
+            recipients=chunk.recipients,
+            next_limit=next_limit,
         )
 
     @activity.defn

@@ -138,6 +138,8 @@ class AudienceChunkInput(BaseModel):
     msg_id: str
     # The chunk's devices come after this device id (the previous chunk's cursor).
     after_device_id: int = 0
+    # How many devices it writes, as the previous chunk said (None: RELANCE_SEND_SHARD_SIZE).
+    limit: int | None = None
 
 
 class AudienceChunkResult(BaseModel):
@@ -148,6 +150,10 @@ class AudienceChunkResult(BaseModel):
     upto_id: int
     # The push's recipients, once all are written.
     recipients: int | None = None
+    # How many devices the next chunk writes. The first chunk counts what is left and sizes
+    # the others so that the audience comes in at most RELANCE_SEND_MAX_SHARDS chunks: each
+    # chunk is one send, and each activity costs Temporal and the worker a little.
+    next_limit: int | None = None
 
 
 class SendStageInput(BaseModel):

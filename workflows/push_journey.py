@@ -458,10 +458,11 @@ class PushJourney:
         summary = send_summary(0, plan.condition)
         sends: list[workflow.ActivityHandle[SendStageResult]] = []
         cursor, upto = 0, 0
+        limit: int | None = None  # the first chunk's: the worker's
         while True:
             chunk = await workflow.execute_activity_method(
                 AudienceActivities.materialise_chunk,
-                AudienceChunkInput(msg_id=plan.msg_id, after_device_id=cursor),
+                AudienceChunkInput(msg_id=plan.msg_id, after_device_id=cursor, limit=limit),
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=SEND_RETRY,
@@ -491,7 +492,7 @@ class PushJourney:
                 upto = chunk.upto_id
             if chunk.cursor is None:
                 break
-            cursor = chunk.cursor
+            cursor, limit = chunk.cursor, chunk.next_limit
         results = await asyncio.gather(*sends)
         # Each shard read the stage while others still sent (or before the last chunk was
         # written): the stage's result is read once all have ended.

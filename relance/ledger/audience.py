@@ -132,21 +132,32 @@ def _page_end(
     so a page costs `limit` index entries however sparse the audience is). None: none left.
     And how many index entries the page has: fewer than `limit` tells the last page without
     reading the next one."""
+    page = _named_after(app_key, request, after).order_by("id").limit(limit).subquery()
+    last, n = session.execute(sa_select(func.max(page.c.id), func.count())).one()
+    return last, int(n or 0)
+
+
+def _named_after(app_key: str, request: PushRequest, after: int) -> Any:
+    """The ids of the devices after `after` that `to` names, from the index it uses alone: a
+    device with two of the tags comes twice, and one no longer valid still comes."""
     to = request.to
     driving = _driving_tags(to) if to != "all" else None
     if driving is not None:
-        ids: Any = sa_select(col(DeviceTag.device_id).label("id")).where(
+        return sa_select(col(DeviceTag.device_id).label("id")).where(
             col(DeviceTag.app_key) == app_key,
             col(DeviceTag.tag).in_(driving),
             col(DeviceTag.device_id) > after,
         )
-    else:
-        ids = sa_select(col(Device.id).label("id")).where(
-            col(Device.app_key) == app_key, col(Device.id) > after, *_named(request)
-        )
-    page = ids.order_by("id").limit(limit).subquery()
-    last, n = session.execute(sa_select(func.max(page.c.id), func.count())).one()
-    return last, int(n or 0)
+    return sa_select(col(Device.id).label("id")).where(
+        col(Device.app_key) == app_key, col(Device.id) > after, *_named(request)
+    )
+
+
+def _left_after(session: Session, app_key: str, request: PushRequest, after: int) -> int:
+    """About how many devices of the audience come after `after`: an upper bound, counted on
+    the same index as a page (at a million devices, one index-only scan)."""
+    ids = _named_after(app_key, request, after).subquery()
+    return int(session.execute(sa_select(func.count()).select_from(ids)).scalar_one())
 
 
 def default_platform(request: PushRequest) -> str:
@@ -320,9 +331,12 @@ class WrittenPage:
     cursor: int | None  # the page's last device id; None: no device was left
     inserted: int  # recipients new in this page (0: a crashed attempt had written it)
     last: bool  # no device is left after this page
+    rest: int | None = None  # when counted: about how many devices are left (an upper bound)
 
 
-def _write_page(engine: Engine, msg_id: str, after_device_id: int, limit: int) -> WrittenPage:
+def _write_page(
+    engine: Engine, msg_id: str, after_device_id: int, limit: int, count_rest: bool = False
+) -> WrittenPage:
     with Session(engine) as session:
         push = session.get(Push, msg_id)
         if push is None:
@@ -338,8 +352,10 @@ def _write_page(engine: Engine, msg_id: str, after_device_id: int, limit: int) -
             col(Device.id) <= last,
         ]
         inserted = insert_audience(session, msg_id, page, devices)
+        counted = count_rest and n == limit
+        rest = _left_after(session, push.app_key, request, last) if counted else None
         session.commit()
-        return WrittenPage(int(last), inserted, n < limit)
+        return WrittenPage(int(last), inserted, n < limit, rest)
 
 
 @dataclass(frozen=True)
@@ -347,10 +363,11 @@ class AudienceChunk:
     cursor: int | None  # the next chunk's first device is after this id; None: all written
     upto_id: int  # the push's highest stage-0 delivery id once this chunk is written
     recipients: int | None  # the push's recipient count, once all are written
+    rest: int | None = None  # when counted: about how many devices are left after the chunk
 
 
 def materialise_chunk(
-    engine: Engine, msg_id: str, after_device_id: int, limit: int
+    engine: Engine, msg_id: str, after_device_id: int, limit: int, count_rest: bool = False
 ) -> AudienceChunk:
     """One chunk of a streamed audience: the next `limit` devices after `after_device_id`
     written as `materialise_page` writes them, then the highest stage-0 delivery id of the
@@ -358,7 +375,8 @@ def materialise_chunk(
     stage-0 deliveries with ids in (the previous chunk's upto_id, this one's]: a range a
     send can start on while the next chunk is written. The last chunk marks the audience
     ready (`finish_materialise`). A chunk written again (a retried activity) adds nothing, and
-    a push whose audience is ready returns at once."""
+    a push whose audience is ready returns at once. With `count_rest`, a chunk that is not the
+    last also says about how many devices are left after it (`AudienceChunk.rest`)."""
     with Session(engine) as session:
         push = session.get(Push, msg_id)
         if push is None:
@@ -366,10 +384,10 @@ def materialise_chunk(
         ready, recipients = push.audience_ready, push.recipients
     if ready:
         return AudienceChunk(None, _last_delivery(engine, msg_id), recipients)
-    page = _write_page(engine, msg_id, after_device_id, limit)
+    page = _write_page(engine, msg_id, after_device_id, limit, count_rest)
     upto = _last_delivery(engine, msg_id)
     if not page.last:
-        return AudienceChunk(page.cursor, upto, None)
+        return AudienceChunk(page.cursor, upto, None, page.rest)
     return AudienceChunk(None, upto, finish_materialise(engine, msg_id))
 
 

@@ -150,3 +150,27 @@ async def test_materialise_chunk_streams_the_audience_chunk_by_chunk(
     with pytest.raises(ApplicationError) as info:
         await env.run(activities.materialise_chunk, AudienceChunkInput(msg_id="nope"))
     assert info.value.non_retryable
+
+
+async def test_the_first_chunk_sizes_the_others_to_at_most_max_chunks(
+    engine: Engine, msg_id: str
+) -> None:
+    """Each chunk is one send: the first chunk (2 devices) counts the 9 left, and the others
+    share them so that the audience comes in 3 chunks, not 6. Each next chunk is asked for
+    the size the previous one said, as the journey does."""
+    activities = AudienceActivities(engine, chunk_size=2, max_chunks=3)
+    sizes, cursor, limit, upto = [], 0, None, 0
+    while True:
+        env, _ = environment()
+        chunk = await env.run(
+            activities.materialise_chunk,
+            AudienceChunkInput(msg_id=msg_id, after_device_id=cursor, limit=limit),
+        )
+        sizes.append(chunk.upto_id - upto)
+        upto = chunk.upto_id
+        if chunk.cursor is None:
+            break
+        cursor, limit = chunk.cursor, chunk.next_limit
+    assert sizes == [2, 5, 4]
+    assert chunk.recipients == 11
+    assert rows(engine, msg_id) == (EXPECTED, EXPECTED)
