@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from relance import ledger
-from relance.db import Delivery, Device, Push, Recipient, StatusEvent
+from relance.db import CallbackRow, Delivery, Device, Push, Recipient, StatusEvent
 from relance.ledger import LedgerError, NotFound, SendOutcomeRow
 from relance.models import DeviceIn, PushRequest, StatusEventIn
 
@@ -504,6 +504,34 @@ def test_a_page_bigger_than_one_statement_records_each_outcome_once(
     assert count(engine, StatusEvent, msg_id=msg_id, status="sent") == 800
     assert count(engine, StatusEvent, msg_id=msg_id, status="failed") == 200
     assert ledger.stage_result(engine, msg_id, 0)[0] == {"sent": 800, "pending": 200, "failed": 200}
+
+
+def test_a_stages_sent_events_are_queued_for_each_callback_url_once(
+    engine: Engine, app: str
+) -> None:
+    """A stage's "sent" events go to the app's callback URLs (one row per event and URL),
+    the same page recorded again (a retried activity) queues nothing more, and a push of an
+    app with no callback URL queues none while its events are still stored."""
+    ledger.upsert_devices(
+        engine, app, [DeviceIn(registration_id=f"r{i:02d}", tags=["cb"]) for i in range(6)]
+    )
+
+    def send(limit: int) -> list[int]:
+        msg_id = push(engine, app, {"tag": ["cb"]})
+        page = ledger.claim_batch(engine, msg_id, 0, 0, limit)
+        rows = [
+            SendOutcomeRow(o.delivery_id, o.registration_id, ok=True, title="T", alert="A")
+            for o in page.items
+        ]
+        queued = [ledger.record_and_claim(engine, msg_id, 0, rows, page.last_id or 0, limit)[0]]
+        queued.append(ledger.record_outcomes(engine, msg_id, 0, rows))
+        assert count(engine, StatusEvent, msg_id=msg_id, status="sent") == 4
+        queued.append(count(engine, CallbackRow, msg_id=msg_id))
+        return queued
+
+    assert send(4) == [0, 0, 0]
+    ledger.set_callbacks(engine, app, ["https://a.example/cb", "https://b.example/cb"], None, None)
+    assert send(4) == [8, 0, 8]
 
 
 def test_a_page_is_recorded_with_the_next_claim_in_one_transaction(
