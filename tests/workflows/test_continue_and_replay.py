@@ -206,3 +206,55 @@ async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
     prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
     if prefix:
         (HISTORIES / f"{prefix}-sharded.json").write_text(history.to_json())
+
+
+async def test_a_big_audience_comes_in_at_most_send_max_shards_chunks(
+    time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """Each chunk of a streamed audience is one send: with shards of 3 and at most 2, the
+    first chunk has 3 of the 10 devices and says the next has the other 7, and the journey
+    asks for that. Two sends, not four; every device gets stage 0 once, and the history
+    replays (recorded as news-stream-capped.json)."""
+    behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
+    async with inprocess_stack(
+        time_env.client, tmp_path, task_queue, behaviour, send_shard_size=3, send_max_shards=2
+    ) as stack:
+        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
+        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+        body = push_body(NEWS)
+        body["to"] = {"tag": ["news"]}
+        accepted = await stack.api.post("/v4/push", json=body)
+        assert accepted.status_code == 200, accepted.text
+        msg_id = accepted.json()["msg_id"]
+        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await time_env.sleep(timedelta(hours=8))
+        result = await handle.result()
+        got = {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, 0)}
+
+    assert result.state == "completed"
+    assert got == dict.fromkeys(DEVICES, 1)
+    history = await handle.fetch_history()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    # The second chunk had exactly the 7 it asked for, so one more (empty) chunk tells the
+    # end, and starts no send.
+    assert [a.activity_type.name for a in scheduled[:6]] == [
+        *["materialise_chunk", "send_stage"] * 2,
+        "materialise_chunk",
+        "read_stage",
+    ]
+    asked = [json.loads(a.input.payloads[0].data) for a in scheduled[:4]]
+    assert [asked[0].get("limit"), asked[2]["limit"]] == [None, 7]
+    sizes = [a["upto_id"] - a["after_id"] for a in (asked[1], asked[3])]
+    assert sizes == [3, 7]
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
+    await replayer.replay_workflow(history)
+    if os.environ.get("RELANCE_RECORD_HISTORIES"):
+        (HISTORIES / "news-stream-capped.json").write_text(history.to_json())
