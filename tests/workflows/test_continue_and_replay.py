@@ -5,8 +5,9 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -14,10 +15,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from api.journeys import start_journey
 from relance import ledger
-from relance.journey import plan_for
+from relance.journey import JourneyResult, plan_for
 from relance.models import PushRequest
 from relance.simulator import Behaviour
-from tests.stack import eventually, inprocess_stack
+from tests.stack import Stack, eventually, inprocess_stack
 from tests.workflows.test_push_journey import DEVICES, NEWS, push_body, stages_done
 from workflows.push_journey import PushJourney
 from workflows.scheduled_push import ScheduledPush
@@ -101,24 +102,41 @@ async def test_recorded_histories_replay_on_the_current_code() -> None:
         await replayer.replay_workflow(history)
 
 
+async def _news_push(
+    time_env: WorkflowEnvironment, stack: Stack, others: list[dict[str, Any]] | None = None
+) -> tuple[str, WorkflowHandle[Any, Any], JourneyResult]:
+    """DEVICES tagged "news" (and `others`), NEWS pushed to the tag, and the journey run past
+    its last stage (5h) and observation window (the 2h trigger window). Not start_workflow's
+    handle, so no automatic time-skipping while waiting on the result."""
+    devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES] + (others or [])
+    (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+    body = push_body(NEWS)
+    body["to"] = {"tag": ["news"]}
+    accepted = await stack.api.post("/v4/push", json=body)
+    assert accepted.status_code == 200, accepted.text
+    msg_id = accepted.json()["msg_id"]
+    handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+    await time_env.sleep(timedelta(hours=8))
+    return msg_id, handle, await handle.result()
+
+
+async def _replays(history: WorkflowHistory) -> None:
+    """The history replays on the current code, in the sandbox."""
+    replayer = Replayer(
+        workflows=[PushJourney],
+        data_converter=pydantic_data_converter,
+        workflow_runner=SandboxedWorkflowRunner(),
+    )
+    await replayer.replay_workflow(history)
+
+
 async def test_a_tag_journey_materialises_its_audience_and_replays(
     time_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
 ) -> None:
     behaviour = Behaviour(p_click=[0.0], p_fail=0.0, min_delay_ms=1, max_delay_ms=10)
     async with inprocess_stack(time_env.client, tmp_path, task_queue, behaviour) as stack:
-        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
-        devices.append({"registration_id": "other", "tags": ["sport"]})
-        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
-        body = push_body(NEWS)
-        body["to"] = {"tag": ["news"]}
-        accepted = await stack.api.post("/v4/push", json=body)
-        assert accepted.status_code == 200, accepted.text
-        msg_id = accepted.json()["msg_id"]
-        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        # Past the last stage (5h) and its observation window (the 2h trigger window); not
-        # start_workflow's handle, so no automatic time-skipping while waiting on the result.
-        await time_env.sleep(timedelta(hours=8))
-        result = await handle.result()
+        other = {"registration_id": "other", "tags": ["sport"]}
+        msg_id, handle, result = await _news_push(time_env, stack, [other])
         got = {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, 0)}
 
     assert result.state == "completed"
@@ -132,12 +150,7 @@ async def test_a_tag_journey_materialises_its_audience_and_replays(
     ]
     # An audience of one chunk (fewer devices than a shard): written, then sent as any stage.
     assert scheduled[:2] == ["materialise_chunk", "send_stage"]
-    replayer = Replayer(
-        workflows=[PushJourney],
-        data_converter=pydantic_data_converter,
-        workflow_runner=SandboxedWorkflowRunner(),
-    )
-    await replayer.replay_workflow(history)
+    await _replays(history)
     prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
     if prefix:
         (HISTORIES / f"{prefix}-tag.json").write_text(history.to_json())  # e.g. news-tag.json
@@ -154,16 +167,7 @@ async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
     async with inprocess_stack(
         time_env.client, tmp_path, task_queue, behaviour, send_shard_size=3
     ) as stack:
-        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
-        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
-        body = push_body(NEWS)
-        body["to"] = {"tag": ["news"]}
-        accepted = await stack.api.post("/v4/push", json=body)
-        assert accepted.status_code == 200, accepted.text
-        msg_id = accepted.json()["msg_id"]
-        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        await time_env.sleep(timedelta(hours=8))
-        result = await handle.result()
+        msg_id, handle, result = await _news_push(time_env, stack)
         got = [
             {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, stage)}
             for stage in range(3)
@@ -197,12 +201,7 @@ async def test_a_sharded_stage_goes_out_as_several_activities_and_replays(
     # The shards wait on a queue of their own, a few at a time per worker (send_shard_slots).
     queues = {a.task_queue.name for a in sends if a.activity_type.name == "send_stage"}
     assert queues == {f"{task_queue}-shards"}
-    replayer = Replayer(
-        workflows=[PushJourney],
-        data_converter=pydantic_data_converter,
-        workflow_runner=SandboxedWorkflowRunner(),
-    )
-    await replayer.replay_workflow(history)
+    await _replays(history)
     prefix = os.environ.get("RELANCE_RECORD_HISTORIES")
     if prefix:
         (HISTORIES / f"{prefix}-sharded.json").write_text(history.to_json())
@@ -219,16 +218,7 @@ async def test_a_big_audience_comes_in_at_most_send_max_shards_chunks(
     async with inprocess_stack(
         time_env.client, tmp_path, task_queue, behaviour, send_shard_size=3, send_max_shards=2
     ) as stack:
-        devices = [{"registration_id": rid, "tags": ["news"]} for rid in DEVICES]
-        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
-        body = push_body(NEWS)
-        body["to"] = {"tag": ["news"]}
-        accepted = await stack.api.post("/v4/push", json=body)
-        assert accepted.status_code == 200, accepted.text
-        msg_id = accepted.json()["msg_id"]
-        handle = time_env.client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        await time_env.sleep(timedelta(hours=8))
-        result = await handle.result()
+        msg_id, handle, result = await _news_push(time_env, stack)
         got = {m["registration_id"]: m["received"] for m in stack.fleet.messages(msg_id, 0)}
 
     assert result.state == "completed"
@@ -250,11 +240,6 @@ async def test_a_big_audience_comes_in_at_most_send_max_shards_chunks(
     assert [asked[0].get("limit"), asked[2]["limit"]] == [None, 7]
     sizes = [a["upto_id"] - a["after_id"] for a in (asked[1], asked[3])]
     assert sizes == [3, 7]
-    replayer = Replayer(
-        workflows=[PushJourney],
-        data_converter=pydantic_data_converter,
-        workflow_runner=SandboxedWorkflowRunner(),
-    )
-    await replayer.replay_workflow(history)
+    await _replays(history)
     if os.environ.get("RELANCE_RECORD_HISTORIES"):
         (HISTORIES / "news-stream-capped.json").write_text(history.to_json())
