@@ -55,6 +55,11 @@ def on_postgresql(session: Session) -> bool:
     return bool(session.get_bind().dialect.name == "postgresql")
 
 
+def placeholder(session: Session) -> str:
+    """A positional parameter's mark in a plain statement: psycopg's or sqlite3's."""
+    return "%s" if on_postgresql(session) else "?"
+
+
 def unnest(columns: dict[str, str]) -> str:
     """`unnest(%(a)b::text[], ...) WITH ORDINALITY AS v(a, ..., ord)` for PostgreSQL: one
     array parameter per column (name: SQL type), whatever the number of rows; psycopg sends

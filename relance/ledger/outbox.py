@@ -11,7 +11,7 @@ from sqlmodel import Session, col
 
 from relance.callbacks import callback_row, callback_urls, next_attempt
 from relance.db import CallbackBatch, CallbackRow, Push, reading
-from relance.ledger._base import arrays, insert_for, on_postgresql, unnest
+from relance.ledger._base import arrays, insert_for, on_postgresql, placeholder, unnest
 from relance.states import CallbackBatchState
 
 
@@ -46,23 +46,17 @@ def urls_of(session: Session, push: Push) -> list[str]:
     column, not an ORM load of the app, since a stage asks once per page)."""
     if push.request.get("callback_url") is not None:
         return callback_urls(push.request, [])
-    sql = _APP_URLS.format(p="%s" if on_postgresql(session) else "?")
+    sql = _APP_URLS.format(p=placeholder(session))
     found = session.connection().exec_driver_sql(sql, (push.app_key,)).scalar()
     if isinstance(found, str):  # SQLite's JSON text
         found = json.loads(found)
     return callback_urls(push.request, list(found or []))
 
 
-def enqueue(
-    session: Session, push: Push, events: list[dict[str, Any]], urls: list[str] | None = None
-) -> int:
-    """Queue these (newly stored) status events for each callback URL of their push (`urls`,
-    when the caller has read them); returns how many rows were queued."""
-    if not events:
-        return 0
-    if urls is None:
-        urls = urls_of(session, push)
-    if not urls:
+def enqueue(session: Session, push: Push, events: list[dict[str, Any]], urls: list[str]) -> int:
+    """Queue these (newly stored) status events for each of `urls`, their push's callback
+    URLs (`urls_of`); returns how many rows were queued."""
+    if not events or not urls:
         return 0
     # The push's columns read once, not through the ORM's attributes for every row.
     app_key, msg_id, request = push.app_key, push.msg_id, push.request

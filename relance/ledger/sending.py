@@ -18,6 +18,7 @@ from relance.ledger._base import (
     NotFound,
     arrays,
     on_postgresql,
+    placeholder,
     sqlite_time,
     sqlite_update_ids,
     unnest,
@@ -161,11 +162,6 @@ _OPEN_PAGE = (
 )
 
 
-def _placeholder(session: Session) -> str:
-    """A positional parameter's mark in a plain statement: psycopg's or sqlite3's."""
-    return "%s" if on_postgresql(session) else "?"
-
-
 def _plain_open_page(
     session: Session,
     app_key: str,
@@ -180,7 +176,7 @@ def _plain_open_page(
     and handling each row through SQLAlchemy cost more of a fan-out's CPU than the database's
     own work (`bench/bench_ledger_send.py`), on SQLite and on PostgreSQL alike. SQLite hands
     attributes back as text: they are decoded only when a device has some."""
-    p = _placeholder(session)
+    p = placeholder(session)
     sql, params = _OPEN_PAGE.format(p=p), [app_key, msg_id, stage, after_id]
     if variants is not None:
         sql += f" AND d.variant IN ({', '.join(p for _ in variants)})" if variants else " AND 1 = 0"
@@ -256,7 +252,7 @@ def record_and_claim(
 
 
 def _app_key(session: Session, msg_id: str) -> str | None:
-    sql = _APP_KEY.format(p=_placeholder(session))
+    sql = _APP_KEY.format(p=placeholder(session))
     row = session.connection().exec_driver_sql(sql, (msg_id,)).first()
     return None if row is None else str(row[0])
 
