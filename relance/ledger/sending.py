@@ -109,7 +109,8 @@ def open_page(
 ) -> list[Any]:
     """The stage's next open deliveries after `after_id` (narrowed by `extra`), each with what
     sending it needs: (id, registration_id, status, platform, stopped, device valid — None when
-    the device is gone —, attributes, variant). What every claim reads."""
+    the device is gone —, attributes, variant). What a timed stage's claim reads, narrowed to
+    its time zones (`timing`); a plain claim reads the same columns with `_OPEN_PAGE`."""
     return list(
         session.connection()
         .execute(
