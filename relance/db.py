@@ -131,6 +131,18 @@ class Push(SQLModel, table=True):
     n_stopped: int = 0
 
 
+class SendAhead(SQLModel, table=True):
+    """A small push whose stage 0 the worker sends at once, outside its journey, which Temporal
+    starts only when the trigger window ends (RELANCE_SEND_AHEAD). A row is due from `due_at`;
+    a worker taking it moves `due_at` a lease ahead, and deletes it once stage 0 is recorded."""
+
+    __tablename__ = "send_ahead"
+
+    msg_id: str = Field(primary_key=True, max_length=64)
+    due_at: datetime = Field(index=True)
+    attempts: int = 0
+
+
 class Recipient(SQLModel, table=True):
     """One device of one push, across all its stages: what the trigger condition reads."""
 

@@ -15,7 +15,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from relance.db import Delivery, Device, Push, Recipient, StatusEvent, reading, utcnow
+from relance.db import (
+    Delivery,
+    Device,
+    Push,
+    Recipient,
+    SendAhead,
+    StatusEvent,
+    reading,
+    utcnow,
+)
 from relance.ledger._base import LedgerError, NotFound
 from relance.ledger.audience import EMPTY, default_platform, has_audience, platforms_of
 from relance.models import PushRequest
@@ -64,6 +73,7 @@ class _Listed:
         )
         self.recipients = insert(Recipient)
         self.deliveries = insert(Delivery)
+        self.send_ahead = insert(SendAhead)
 
 
 @cache
@@ -107,7 +117,7 @@ def _existing(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
 
 
 def _accept_listed(
-    engine: Engine, app_key: str, request: PushRequest, listed: list[str]
+    engine: Engine, app_key: str, request: PushRequest, listed: list[str], send_ahead: bool
 ) -> Accepted:
     """A registration id list: one write transaction registers the unknown ids, reads which
     devices are valid (and on the push's platforms), and records the push, its recipients and
@@ -175,10 +185,14 @@ def _accept_listed(
                 for rid, _ in devices
             ],
         )
+        if send_ahead:
+            conn.execute(q.send_ahead, {"msg_id": msg_id, "due_at": now, "attempts": 0})
     return Accepted(push, created=True)
 
 
-def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
+def accept_push(
+    engine: Engine, app_key: str, request: PushRequest, send_ahead: bool = False
+) -> Accepted:
     """Record a push, at a cost that does not grow with its audience.
 
     A `registration_id` list (at most 1,000) gets its recipients and stage-0 deliveries in the
@@ -186,10 +200,14 @@ def accept_push(engine: Engine, app_key: str, request: PushRequest) -> Accepted:
     checked to reach someone (one row read) and recorded with `audience_ready` False: its
     journey materialises the audience (`materialise_page`, `finish_materialise`).
 
-    The same request_id from the same app returns the first push (even when two race)."""
+    The same request_id from the same app returns the first push (even when two race).
+
+    `send_ahead` (a registration_id push only): queued in the same transaction for a worker to
+    send stage 0 at once (relance.ledger.send_ahead); `forget_push` undoes it while no worker
+    has taken it."""
     to = request.to
     if to != "all" and to.registration_id is not None:
-        return _accept_listed(engine, app_key, request, to.registration_id)
+        return _accept_listed(engine, app_key, request, to.registration_id, send_ahead)
     if request.request_id is not None:
         existing = find_push_by_request(engine, app_key, request.request_id)
         if existing is not None:
@@ -218,14 +236,27 @@ def get_push(engine: Engine, app_key: str | None, msg_id: str) -> Push:
     return push
 
 
-def forget_push(engine: Engine, msg_id: str) -> None:
-    """Remove a push whose journey could not be started, so no half-done push stays."""
+def forget_push(engine: Engine, msg_id: str, sent_ahead: bool = False) -> bool:
+    """Remove a push whose journey could not be started, so no half-done push stays. A push
+    `sent_ahead` is removed only while no worker has taken it: its queue row, untaken, is
+    deleted first (under its row lock on PostgreSQL, so no worker takes it after). Returns
+    False, removing nothing, when a worker took it: stage 0 may be with devices already."""
     with Session(engine) as session:
+        if sent_ahead:
+            untaken = session.execute(
+                delete(SendAhead).where(
+                    col(SendAhead.msg_id) == msg_id, col(SendAhead.attempts) == 0
+                )
+            )
+            if not untaken.rowcount:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
         session.execute(delete(StatusEvent).where(col(StatusEvent.msg_id) == msg_id))
         session.execute(delete(Delivery).where(col(Delivery.msg_id) == msg_id))
         session.execute(delete(Recipient).where(col(Recipient.msg_id) == msg_id))
         session.execute(delete(Push).where(col(Push.msg_id) == msg_id))
         session.commit()
+    return True
 
 
 def unfinished_pushes(
