@@ -16,6 +16,7 @@ from activities.callbacks import CallbackActivities, CallbackConfig
 from activities.journey import JourneyActivities
 from activities.providers import Provider, SimulatorProvider
 from activities.schedules import ScheduleActivities
+from activities.send_ahead import SendAheadLoop
 from relance import sealing
 from relance.db import make_engine
 from relance.journey import shard_queue
@@ -36,23 +37,39 @@ class RelanceWorker:
     provider and callback clients they close when they stop."""
 
     def __init__(
-        self, workers: list[Worker], journey: JourneyActivities, callbacks: CallbackActivities
+        self,
+        workers: list[Worker],
+        journey: JourneyActivities,
+        callbacks: CallbackActivities,
+        ahead: SendAheadLoop | None = None,
     ) -> None:
         self.workers, self.journey, self.callbacks = workers, journey, callbacks
+        self.ahead = ahead  # RELANCE_SEND_AHEAD: stage 0 of small pushes, before their journey
+        self._ahead_task: asyncio.Task[None] | None = None
+
+    def _start_ahead(self) -> None:
+        if self.ahead is not None and self._ahead_task is None:
+            self._ahead_task = asyncio.create_task(self.ahead.run())
 
     async def run(self) -> None:
+        self._start_ahead()
         try:
             await asyncio.gather(*(w.run() for w in self.workers))
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
+        if self._ahead_task is not None:
+            self._ahead_task.cancel()
+            await asyncio.gather(self._ahead_task, return_exceptions=True)
+            self._ahead_task = None
         await self.journey.registry.aclose()
         await self.callbacks.http.aclose()
 
     async def __aenter__(self) -> "RelanceWorker":
         for w in self.workers:
             await w.__aenter__()
+        self._start_ahead()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -123,7 +140,8 @@ def build_worker(
         max_concurrent_activities=settings.send_shard_slots,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
     )
-    return RelanceWorker([worker, shards], journey, callbacks)
+    ahead = SendAheadLoop(journey, client, settings) if settings.send_ahead else None
+    return RelanceWorker([worker, shards], journey, callbacks, ahead)
 
 
 def serve_metrics(settings: Settings) -> tuple[Runtime | None, MetricsServer | None]:

@@ -1,11 +1,13 @@
 """Activities of a push journey: send a stage (resumable, never twice), finish with the funnel."""
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
+from temporalio.client import Client
 
 from activities.providers.base import OutboundMessage, Provider, SendOutcome
 from activities.providers.registry import ProviderRegistry, Router
@@ -23,9 +25,12 @@ from relance.journey import (
 )
 from relance.ledger import outbox
 from relance.ledger import timing as timed
+from relance.ledger.send_ahead import take_over
 from relance.models import PushRequest
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
 from relance.timing import minute_of
+
+log = logging.getLogger("relance.worker")
 
 
 async def _sleep_heartbeating(seconds: float) -> None:
@@ -42,6 +47,9 @@ async def _sleep_heartbeating(seconds: float) -> None:
 # its details; a retry that starts a second behind re-reads pages whose deliveries are no
 # longer open, and sends none of them again.
 CHECKPOINT_EVERY = 1.0
+
+# How often a journey looks again at stage 0 of its push sent ahead while a worker holds it.
+TAKE_OVER_EVERY = 1.0
 
 
 def _checkpoint(details: Any) -> int:
@@ -168,9 +176,18 @@ class JourneyActivities:
         """Send stage `inp.stage` to every queued recipient from the checkpoint, with up to
         `pipeline` batches in flight; then, pass after pass, those a provider asked to try
         again later."""
-        metrics.observe_stage_lateness(inp.stage, inp.scheduled_at, activity.info().attempt)
+        if not inp.check:
+            metrics.observe_stage_lateness(inp.stage, inp.scheduled_at, activity.info().attempt)
         push = await asyncio.to_thread(ledger.get_push, self.engine, None, inp.msg_id)
         request = PushRequest.model_validate(push.request)
+        if inp.check:  # stage 0 of a push sent ahead: never beside a worker still sending it
+            while (held := await asyncio.to_thread(take_over, self.engine, inp.msg_id)) is not None:
+                # Looked at again every second, not at the lease's end: a worker that is alive
+                # lets go within milliseconds of its send.
+                again = min(held, TAKE_OVER_EVERY)
+                if activity.info().is_local:  # the journey waits on a timer, not in its task
+                    return await self._stage_result(inp, pending=True, retry_in=again)
+                await _sleep_heartbeating(again)
         if inp.timed:
             return await self._send_slot(inp, push.app_key, request)
         if inp.stage > 0:
@@ -312,12 +329,18 @@ class JourneyActivities:
         )
 
     async def _send_pass(
-        self, inp: SendStageInput, stage: "_StageContent", route: Router, cursor: int
+        self,
+        inp: SendStageInput,
+        stage: "_StageContent",
+        route: Router,
+        cursor: int,
+        beat: bool = True,
     ) -> tuple[BatchReport, int]:
         """One pass over the stage's open deliveries after `cursor`: claim a page, send it, and
         claim the next while up to `pipeline` pages are with providers. A page's outcomes are
         recorded in the same transaction as the next claim (`ledger.record_and_claim`), and the
-        heartbeat's cursor only moves past pages whose outcomes are recorded."""
+        heartbeat's cursor only moves past pages whose outcomes are recorded (`beat` False:
+        outside an activity, nothing to heartbeat)."""
         report, queued = BatchReport(), 0
         in_flight: list[
             tuple[int, asyncio.Task[tuple[BatchReport, list[ledger.SendOutcomeRow]]]]
@@ -350,7 +373,7 @@ class JourneyActivities:
                     rows_queued = 0
                 queued += rows_queued
                 unrecorded = []
-                if settled_to is not None and loop.time() >= next_checkpoint:
+                if settled_to is not None and loop.time() >= next_checkpoint and beat:
                     activity.heartbeat({"cursor": settled_to})
                     next_checkpoint = loop.time() + CHECKPOINT_EVERY
                 settled_to = None
@@ -380,7 +403,9 @@ class JourneyActivities:
                         ledger.record_outcomes, self.engine, inp.msg_id, inp.stage, unrecorded
                     )
                 except Exception as exc:  # noqa: BLE001 — the retry asks the provider instead
-                    activity.logger.warning("outcomes of a stopped pass not recorded: %s", exc)
+                    log.warning(
+                        "outcomes of a stopped pass of %s not recorded: %s", inp.msg_id, exc
+                    )
         return report, queued
 
     async def _send_page(
@@ -423,14 +448,37 @@ class JourneyActivities:
                 report.retry_in = min(report.retry_in or done.retry_in, done.retry_in)
         return report, rows
 
-    async def _wake_callbacks(self, app_key: str) -> None:
-        """The stage's sent/failed events wait in the outbox: wake the app's forwarder."""
+    async def _wake_callbacks(
+        self, app_key: str, client: Client | None = None, task_queue: str | None = None
+    ) -> None:
+        """The stage's sent/failed events wait in the outbox: wake the app's forwarder (through
+        this activity's client and queue unless given)."""
         if await asyncio.to_thread(outbox.next_due, self.engine, app_key) is None:
             return
         try:
-            await wake_forwarder(activity.client(), activity.info().task_queue, app_key)
+            await wake_forwarder(
+                client or activity.client(), task_queue or activity.info().task_queue, app_key
+            )
         except Exception as exc:  # noqa: BLE001 — the API's sweep wakes it too
-            activity.logger.info("callback forwarder of %s not woken: %s", app_key, exc)
+            log.info("callback forwarder of %s not woken: %s", app_key, exc)
+
+    async def send_ahead(self, msg_id: str, client: Client, task_queue: str) -> float | None:
+        """Stage 0 of a push sent ahead (activities/send_ahead.py), outside any activity: one
+        pass through the same claims as a journey's send, so a device gets it once whoever
+        sends. Returns when to try again, when a provider asked to wait; None: done (a push
+        that is gone, or whose deliveries a journey already took, is done too)."""
+        try:
+            push = await asyncio.to_thread(ledger.get_push, self.engine, None, msg_id)
+        except ledger.NotFound:
+            return None  # forgotten: its journey never started
+        request = PushRequest.model_validate(push.request)
+        inp = SendStageInput(msg_id=msg_id, stage=0, scheduled_at=push.created_at, one_pass=True)
+        metrics.observe_stage_lateness(0, push.created_at, 1)
+        route = await self.registry.router(push.app_key)
+        report, queued = await self._send_pass(inp, _StageContent(request, 0), route, 0, False)
+        if queued:
+            await self._wake_callbacks(push.app_key, client, task_queue)
+        return report.retry_in
 
     async def _send_batch(
         self,

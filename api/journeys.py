@@ -30,7 +30,12 @@ async def start_journey(
     client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels | None = None
 ) -> WorkflowHandle[PushJourney, JourneyResult]:
     """Start PushJourney; a retried request reuses the running journey instead of a second one.
-    `labels`: what the Temporal UI shows of it (relance.describe.journey_labels)."""
+    `labels`: what the Temporal UI shows of it (relance.describe.journey_labels).
+
+    A push sent ahead (`plan.sent_ahead_at`) starts delayed to the end of its trigger window:
+    Temporal keeps the start as a durable timer, holds the signals that come meanwhile, and
+    runs the journey's first workflow task only then (the UI shows it as waiting)."""
+    ahead = plan.sent_ahead_at is not None
     return await client.start_workflow(
         PushJourney.run,
         JourneyInput(plan=plan),
@@ -38,9 +43,14 @@ async def start_journey(
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=search_attributes(plan.msg_id, plan.app_key, JourneyState.sending),
+        search_attributes=search_attributes(
+            plan.msg_id,
+            plan.app_key,
+            JourneyState.waiting if ahead else JourneyState.sending,
+        ),
         static_summary=labels.summary if labels else None,
         static_details=labels.details if labels else None,
+        start_delay=timedelta(seconds=plan.within_seconds) if ahead else None,
     )
 
 

@@ -75,6 +75,11 @@ class JourneyPlan(BaseModel):
     # Per stage ("0", "1"...): its A/B variants' names by delay in seconds, when some variant
     # has a delay (the others are sent at the stage's time). Absent: one send per stage.
     variant_delays: dict[str, list[DelayGroup]] = Field(default_factory=dict)
+    # Sent ahead (RELANCE_SEND_AHEAD): a worker sent stage 0 at this time, outside the journey,
+    # and Temporal starts the journey when the trigger window ends. Its stage 0 then only
+    # checks the ledger (and sends whatever a dead worker left), and the window counts from
+    # this time. None: the journey sends stage 0 itself.
+    sent_ahead_at: datetime | None = None
 
 
 class StageCounts(BaseModel):
@@ -182,6 +187,9 @@ class SendStageInput(BaseModel):
     # False: one chunk of a streamed stage 0, which does not count the whole stage when it
     # ends (the journey reads it once, after every chunk's send: read_stage).
     tally: bool = True
+    # Stage 0 of a push sent ahead, run by its journey when the window ends: what the worker
+    # that sent it ahead left (usually nothing). Its lateness was measured by that send.
+    check: bool = False
 
 
 class StageShard(BaseModel):
@@ -293,6 +301,23 @@ def plan_for(
         timing=timing,
         observe_seconds=resend.observe_window.total_seconds() if resend else 0,
         variant_delays=variant_delays(request),
+    )
+
+
+def can_send_ahead(request: PushRequest, timing: Timing | None) -> bool:
+    """A push whose stage 0 a worker may send before its journey starts: a few listed devices,
+    stage 0 without A/B variants, no timing, and a trigger window to wait
+    (without one, the journey has nothing to wait for and sends stage 0 itself at once)."""
+    resend = request.resend
+    plan = plan_for("", "", request, timing)
+    return (
+        plan.local_send
+        and plan.timing is None
+        and not plan.materialise
+        and not request.variants
+        and plan.condition is not None
+        and plan.within_seconds > 0
+        and resend is not None
     )
 
 

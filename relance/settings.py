@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     # poll (one of two workers sent three quarters of a 100,000-recipient stage). Two are enough
     # to keep a worker's 50 provider requests in flight while a page is claimed or recorded.
     send_shard_slots: int = Field(2, ge=1, le=64)
+    # Send ahead: a push to a few listed devices with a trigger window has its stage 0 sent by
+    # a worker as soon as it is accepted (polling the ledger every send_ahead_poll_seconds),
+    # and its journey starts only when the window ends (Temporal's start delay): one workflow
+    # start per push instead of a start, a workflow task and a timer. Off: the journey sends
+    # stage 0 itself. README "Send ahead".
+    send_ahead: bool = False
+    send_ahead_poll_seconds: float = Field(0.02, gt=0, le=5)
+    # Pushes one worker sends ahead at once, and how long a taken push is its own before
+    # another worker may take it (a worker that died mid-send).
+    send_ahead_concurrency: int = Field(16, ge=1, le=256)
+    send_ahead_lease_seconds: float = Field(60, ge=5)
     # Status callbacks: EngageLab's retry schedule (10 s, 1 min, 5 min, 30 min, 1 h), the
     # per-try timeout, rows per POST, and networks allowed besides public addresses.
     callback_retry_schedule_seconds: list[float] = [10, 60, 300, 1800, 3600]

@@ -97,6 +97,7 @@ class PushJourney:
         self._slots: list[Slot] = []  # a timed journey's release slots still to send
         self._condition: str | None = None  # the trigger's, for the timeline's labels
         self._observe_until: datetime | None = None  # observing after the last stage
+        self._checking = False  # stage 0 was sent ahead: the journey's stage 0 only checks it
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -138,6 +139,11 @@ class PushJourney:
         if self._next_stage == 0 and not self._cancelled:
             self._set_state(JourneyState.sending)
             sent_at = workflow.now()
+            if plan.sent_ahead_at is not None and workflow.patched("send-ahead"):
+                # A worker sent stage 0 when the push was accepted, and Temporal started this
+                # journey when the window ended: the window counts from that send, and the
+                # stage below only reads its counts (or sends what a dead worker left).
+                sent_at, self._checking = plan.sent_ahead_at, True
             if plan.materialise and plan.stream_audience and workflow.patched("stream-audience"):
                 await self._stream_first_stage(plan, sent_at)
             else:
@@ -389,6 +395,8 @@ class PushJourney:
         inp = SendStageInput(
             msg_id=self._msg_id, stage=stage, scheduled_at=scheduled_at, variants=variants
         )
+        if self._checking and stage == 0:
+            inp.check = True
         result = None
         if local and workflow.patched("local-small-stages"):
             result = await self._send_locally(inp)

@@ -8,15 +8,16 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 
 from api.deps import MAX_ID, AppDep, ContextDep, temporal
 from api.errors import ApiError, responses
 from api.journeys import start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
-from relance.db import App, utcnow
+from relance.db import App, Push, utcnow
 from relance.describe import journey_labels
-from relance.journey import Funnel, JourneyStatus, plan_for
+from relance.journey import Funnel, JourneyStatus, Progress, can_send_ahead, plan_for
 from relance.ledger.apps import policy_of
 from relance.models import PushAccepted, PushRequest
 from relance.report import Report
@@ -162,26 +163,38 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     timing = _timing(app, request)
     client = temporal(ctx)
     await check_urls(ctx, request.callback_url or [], "callback_url")
-    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request)
+    # Sent ahead: stage 0 by a worker as soon as the push is recorded, the journey from the end
+    # of the trigger window (README "Send ahead").
+    ahead = ctx.settings.send_ahead and can_send_ahead(request, timing)
+    accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request, ahead)
     push = accepted.push
     labels = journey_labels(push.msg_id, request, timing, app.name)
+    plan = plan_for(push.msg_id, app.app_key, request, timing)
+    if ahead and accepted.created:  # a retried request's journey runs already, as started
+        plan.sent_ahead_at = push.created_at
     try:
-        await start_journey(
-            client,
-            ctx.settings.task_queue,
-            plan_for(push.msg_id, app.app_key, request, timing),
-            labels,
-        )
+        await start_journey(client, ctx.settings.task_queue, plan, labels)
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
     except Exception as exc:
         if accepted.created and request.request_id is None:
-            # No request_id to retry with: leave nothing half-done behind.
-            await run_in_threadpool(ledger.forget_push, ctx.engine, push.msg_id)
+            # No request_id to retry with: leave nothing half-done behind, unless a worker has
+            # already taken its stage 0. Then the push stands, and the API's repair loop
+            # starts its journey once Temporal answers (journey_repair_after_seconds).
+            forgotten = await run_in_threadpool(
+                ledger.forget_push, ctx.engine, push.msg_id, plan.sent_ahead_at is not None
+            )
+            if not forgotten:
+                log.warning("push %s sent ahead; its journey did not start: %s", push.msg_id, exc)
+                return _accepted(push, request, accepted.created)
         raise ApiError(503, f"could not start the journey, retry the same request: {exc}") from exc
     if accepted.created:
         log.info("push %s accepted: %s", push.msg_id, labels.summary)
-    sent_at = utcnow() if accepted.created else push.created_at
+    return _accepted(push, request, accepted.created)
+
+
+def _accepted(push: Push, request: PushRequest, created: bool) -> PushAccepted:
+    sent_at = utcnow() if created else push.created_at
     return PushAccepted(
         msg_id=push.msg_id,
         request_id=push.request_id,
@@ -222,7 +235,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
     funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
     state, next_stage, next_at, release_at, observe = push.state, None, None, None, None
     if push.state not in TERMINAL_STATES and ctx.client is not None:
-        live = await _live_status(ctx, msg_id)
+        live = await _live_status(ctx, push)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
             release_at, observe = live.next_release_at, live.observe_until
@@ -264,11 +277,25 @@ def _timing(app: App, request: PushRequest) -> Timing | None:
     return timing_for(policy_of(app), options.overrides())
 
 
-async def _live_status(ctx: ContextDep, msg_id: str) -> JourneyStatus | None:
+async def _live_status(ctx: ContextDep, push: Push) -> JourneyStatus | None:
     assert ctx.client is not None
-    handle = ctx.client.get_workflow_handle(workflow_id(msg_id))
+    handle = ctx.client.get_workflow_handle(workflow_id(push.msg_id))
     try:
         return await handle.query(PushJourney.status, rpc_timeout=timedelta(seconds=5))
+    except RPCError as exc:
+        if "not scheduled yet" not in exc.message:
+            return None
+        # Sent ahead: the journey starts when the trigger window ends, and stage 1 is due then
+        # plus its `after` (relance.schedule), counted from the push's send.
+        offsets = stage_offsets(PushRequest.model_validate(push.request).resend)
+        return JourneyStatus(
+            msg_id=push.msg_id,
+            state=JourneyState.waiting,
+            next_stage=1 if offsets else None,
+            next_stage_at=push.created_at + offsets[0] if offsets else None,
+            progress=Progress(),
+            stages=[],
+        )
     except Exception:  # noqa: BLE001 — the ledger answers when the journey cannot
         return None
 

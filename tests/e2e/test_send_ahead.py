@@ -1,0 +1,162 @@
+"""Send ahead (RELANCE_SEND_AHEAD): a small push's stage 0 is sent by the worker as soon as the
+push is accepted, while Temporal holds its journey's start until the trigger window ends; the
+journey then resends to exactly who did not click, and nobody gets a stage twice."""
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.send_ahead import SendAheadLoop
+from relance import ledger
+from relance.journey import JourneyResult
+from relance.ledger import send_ahead
+from relance.simulator import Behaviour
+from tests.stack import eventually, inprocess_stack
+from tests.workflows.test_continue_and_replay import HISTORIES, _replays
+from tests.workflows.test_push_journey import push_body
+from workflows.push_journey import PushJourney
+
+# dev-0 clicks stage 0; nobody clicks a resend.
+CLICKS = Behaviour(
+    clicks_at={"dev-0": 0}, p_click=[0.0], p_display=0.0, p_fail=0.0, min_delay_ms=1, max_delay_ms=5
+)
+RIDS = [f"dev-{i}" for i in range(4)]
+# Seconds, on the dev server's real clock: the window ends 8 s after stage 0, then the resends.
+SHORT = {
+    "trigger": {"condition": "not_clicked", "within": "8s"},
+    "stages": [
+        {"after": "1s", "notification": {"title": "Still on: today's top story"}},
+        {"after": "2s", "notification": {"append": "3 more stories since this morning"}},
+    ],
+    "observe": "0s",
+}
+
+
+async def _history(handle: WorkflowHandle) -> list[EventType.ValueType]:  # type: ignore[type-arg]
+    return [e.event_type async for e in handle.fetch_history_events()]
+
+
+async def test_stage_0_goes_before_the_journey_starts_and_the_resends_skip_the_clicker(
+    dev_server: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    client = dev_server.client
+    async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(SHORT, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        # What GET /v4/push says meanwhile: waiting, stage 1 due 8 s + 1 s after the send.
+        status = (await stack.api.get(f"/v4/push/{msg_id}")).json()
+        assert (status["state"], status["next_stage"]) == ("waiting", 1)
+        created = ledger.get_push(stack.engine, None, msg_id).created_at
+        due = datetime.fromisoformat(status["next_stage_at"]) - created.replace(tzinfo=UTC)
+        assert due == timedelta(seconds=9)
+
+        # Stage 0 reached every device and the click came back (a signal, held by Temporal),
+        # with no workflow task yet: the journey starts when the window ends.
+        await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == len(RIDS))
+        await eventually(lambda: ledger.progress(stack.engine, msg_id).clicked == 1)
+        await eventually(lambda: send_ahead.pending(stack.engine) == 0)
+        assert EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED not in await _history(handle)
+        info = (await handle.describe()).raw_description.workflow_execution_info
+        delay = info.execution_time.ToDatetime() - info.start_time.ToDatetime()
+        assert delay == timedelta(seconds=8)
+        assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["funnel"]["clicked"] == 1
+
+        result: JourneyResult = await handle.result()
+        received = {s: stack.fleet.messages(msg_id, s) for s in (0, 1, 2)}
+        history = await handle.fetch_history()
+
+    assert result.state == "completed"
+    assert [(s.stage, s.targeted, s.sent) for s in result.stages] == [
+        (0, 4, 4),
+        (1, 3, 3),
+        (2, 3, 3),
+    ]
+    assert sorted(m["registration_id"] for m in received[0]) == RIDS
+    for stage in (1, 2):  # each non-clicker once, the clicker never
+        assert sorted(m["registration_id"] for m in received[stage]) == RIDS[1:]
+    # The stage times count from the send ahead, not from the journey's start.
+    assert result.stages[1].scheduled_at - result.stages[0].scheduled_at == timedelta(seconds=9)
+    # The path replays in the sandbox; RELANCE_RECORD_HISTORIES=1 records it for the suite's
+    # replay of every recorded history (tests/workflows/test_continue_and_replay.py).
+    await _replays(history)
+    if os.environ.get("RELANCE_RECORD_HISTORIES"):
+        (HISTORIES / "news-send-ahead.json").write_text(history.to_json())
+
+
+async def test_a_push_no_worker_sent_ahead_gets_stage_0_from_its_journey_once(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No worker's loop takes the push (all dead): when the window ends, the journey finds
+    stage 0 unsent and sends it itself, once. Late rather than lost."""
+
+    async def dead(self: SendAheadLoop) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SendAheadLoop, "run", dead)
+    client = dev_server.client
+    async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(SHORT, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        await asyncio.sleep(1.5)
+        assert stack.fleet.messages(msg_id, 0) == []  # nobody sent it ahead
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        result: JourneyResult = await handle.result()
+        received = {s: stack.fleet.messages(msg_id, s) for s in (0, 1, 2)}
+
+    assert result.state == "completed"
+    assert (result.stages[0].stage, result.stages[0].sent) == (0, 4)
+    assert sorted(m["registration_id"] for m in received[0]) == RIDS
+    assert all(len(received[s]) == len({m["registration_id"] for m in received[s]}) for s in (1, 2))
+
+
+async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_it_left(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker took the push and claimed its deliveries, then died before sending (here: the
+    test takes and claims, and no loop runs). The window (1 s) ends first: the journey must
+    not send beside a worker that may still be sending, so it waits for the lease (4 s) to
+    end, then takes stage 0 over; each device gets it once."""
+
+    async def dead(self: SendAheadLoop) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SendAheadLoop, "run", dead)
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "1s"},
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+        "observe": "0s",
+    }
+    client = dev_server.client
+    async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(resend, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        assert send_ahead.take(stack.engine, 10, lease_seconds=4) == [(msg_id, 0)]
+        lease_ends = asyncio.get_running_loop().time() + 4
+        page = ledger.claim_batch(stack.engine, msg_id, 0, 0, 100)
+        assert len(page.items) == len(RIDS)  # marked `sending`: they may be with devices
+        await asyncio.sleep(3)  # the journey started 2 s ago, and waits
+        assert stack.fleet.messages(msg_id, 0) == []
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        result: JourneyResult = await handle.result()
+        assert asyncio.get_running_loop().time() >= lease_ends
+        received = {s: stack.fleet.messages(msg_id, s) for s in (0, 1)}
+
+    assert result.state == "completed"
+    assert sorted(m["registration_id"] for m in received[0]) == RIDS
+    assert sorted(m["registration_id"] for m in received[1]) == RIDS[1:]
