@@ -3,7 +3,7 @@ reaches the provider; relance next to the naive peer (bench/naive_peer.py), both
 Temporal dev server and the same fake FCM, in the same run.
 
     .venv/bin/python bench/bench_small_pushes.py --pushes 1000 --concurrency 20 \\
-        --temporal-pragmas default|wal [--rounds 2] [--profile bench/profiles/raw]
+        --temporal-pragmas default|wal [--rounds 2] [--send-ahead] [--profile bench/profiles/raw]
 
 Per side: pushes/s to the provider (N / from the first POST to the last arrival at the fake),
 accepted/s (N / from the first POST to the last answer), the POST's latency, and the latency
@@ -139,8 +139,9 @@ async def measure(
     )
 
 
-async def history(address: str, workflow_id: str) -> str:
-    """What one push costs Temporal up to its wait: events by type in its history so far."""
+async def history(address: str, workflow_id: str, delayed: bool = False) -> str:
+    """What one push costs Temporal up to its wait: events by type in its history so far
+    (`delayed`: a journey started delayed, sent ahead, has no timer to wait for)."""
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
 
@@ -148,7 +149,7 @@ async def history(address: str, workflow_id: str) -> str:
         client = await Client.connect(address)
         for _ in range(100):  # until the journey has reached its wait (a timer)
             events = (await client.get_workflow_handle(workflow_id).fetch_history()).events
-            if any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events):
+            if delayed or any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in events):
                 break
             await asyncio.sleep(0.2)
     except Exception as exc:  # a figure on the side: never lose the run's numbers to it
@@ -164,7 +165,13 @@ async def main(args: argparse.Namespace) -> None:
         run = harness.Run(tmp, stack)
         address = await harness.temporal(run, args.temporal_pragmas)
         fcm = harness.fake_fcm(run)
-        ours = await harness.relance(run, address, f"sqlite:///{tmp / 'ledger.db'}", fcm)
+        ours = await harness.relance(
+            run,
+            address,
+            f"sqlite:///{tmp / 'ledger.db'}",
+            fcm,
+            extra_env={"RELANCE_SEND_AHEAD": "1"} if args.send_ahead else None,
+        )
         peer_url = await harness.naive_peer(run, address, fcm)
         run.sample_rss(["api", "worker", "peer_api", "peer_worker"])
         auth = harness.basic_auth(ours.app_key, ours.master_secret)
@@ -196,7 +203,12 @@ async def main(args: argparse.Namespace) -> None:
                 if spying:
                     await spying
         peaks = dict(run.peaks)
-        journeys = {name: await history(address, results[name][0].workflow_id) for name in sides}
+        journeys = {
+            name: await history(
+                address, results[name][0].workflow_id, name == "relance" and args.send_ahead
+            )
+            for name in sides
+        }
     ratios = [
         o.provider_rate / p.provider_rate
         for o, p in zip(results["relance"], results["peer"], strict=True)
@@ -207,7 +219,8 @@ async def main(args: argparse.Namespace) -> None:
         f"(per round {[round(x, 2) for x in ratios]}; goal >= 2)"
     )
     print(
-        f"small pushes: {args.pushes} pushes of one device, {args.concurrency} concurrent POSTs, "
+        f"small pushes{' sent ahead (RELANCE_SEND_AHEAD=1)' if args.send_ahead else ''}: "
+        f"{args.pushes} pushes of one device, {args.concurrency} concurrent POSTs, "
         f"temporal pragmas {args.temporal_pragmas}, {args.rounds} round(s)"
     )
     print(f"machine: {harness.machine()}")
@@ -227,6 +240,11 @@ if __name__ == "__main__":
     parser.add_argument("--temporal-pragmas", choices=sorted(harness.PRAGMAS), default="wal")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument(
+        "--send-ahead",
+        action="store_true",
+        help="relance with RELANCE_SEND_AHEAD=1: stage 0 by the worker, the journey delayed",
+    )
     parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
     parser.add_argument("--profile-seconds", type=int, default=20)
     asyncio.run(main(parser.parse_args()))

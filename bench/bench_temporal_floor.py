@@ -13,7 +13,10 @@ divided by N. Shapes:
   the start, a patch marker, one local activity, one search-attribute upsert, the timer;
 - `relance-eager`: the same, started with `request_eager_start` by a client whose process runs
   the worker (RELANCE_API_EAGER_START);
-- `bare-eager`: the least a workflow can cost: eager start, no search attribute, the timer.
+- `bare-eager`: the least a workflow can cost: eager start, no search attribute, the timer;
+- `relance-delayed`: a push sent ahead (RELANCE_SEND_AHEAD): the three search attributes and a
+  start delay of the trigger window, so no workflow task until it ends. Its figure is what
+  Temporal does before the window ends; the journey's first workflow task comes after.
 
 What it tells: with one workflow per push, the ratio of small pushes relance/peer cannot pass
 (peer's total CPU per push) / (Temporal's CPU per relance workflow), even if relance's own
@@ -45,7 +48,7 @@ from cli import temporal_dev_command  # noqa: E402
 MSG = SearchAttributeKey.for_keyword("RelanceMsgId")
 APP = SearchAttributeKey.for_keyword("RelanceApp")
 STATE = SearchAttributeKey.for_keyword("RelanceState")
-SHAPES = ("peer", "relance", "relance-eager", "bare-eager")
+SHAPES = ("peer", "relance", "relance-eager", "bare-eager", "relance-delayed")
 
 
 @activity.defn
@@ -80,6 +83,7 @@ async def measure(client: Client, pid: int, shape: str, n: int) -> tuple[float, 
                 id=f"{shape}-{uuid.uuid4()}",
                 task_queue="floor",
                 request_eager_start=shape.endswith("-eager"),
+                start_delay=timedelta(hours=2) if shape.endswith("-delayed") else None,
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(MSG, str(i)),
@@ -135,13 +139,14 @@ async def main(args: argparse.Namespace) -> None:
     def own(shape: str) -> float:
         return sum(o for _, o in figures[shape]) / len(figures[shape])
 
-    plain, eager = (
+    plain, eager, delayed = (
         temporal("peer") / temporal("relance"),
         temporal("peer") / temporal("relance-eager"),
+        temporal("peer") / temporal("relance-delayed"),
     )
     print(
         f"RATIO Temporal CPU per workflow, peer ÷ relance: {plain:.2f}"
-        f" (with eager start: {eager:.2f})"
+        f" (with eager start: {eager:.2f}; sent ahead, up to the window's end: {delayed:.2f})"
     )
     print(
         f"{args.workflows} workflows per shape, {args.rounds} round(s), 20 starts at a time, "
@@ -150,7 +155,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"machine: {harness.machine()}")
     for shape in SHAPES:
         print(
-            f"  {shape:14s} Temporal {temporal(shape):5.1f} ms per workflow"
+            f"  {shape:15s} Temporal {temporal(shape):5.1f} ms per workflow"
             f"  (rounds {[round(t, 1) for t, _ in figures[shape]]}),"
             f" worker and client {own(shape):5.1f} ms"
         )
