@@ -27,6 +27,7 @@ class SendAheadLoop:
         self.journey, self.client, self.engine = journey, client, journey.engine
         self.task_queue = settings.task_queue
         self.poll = settings.send_ahead_poll_seconds
+        self.idle_poll = max(settings.send_ahead_idle_poll_seconds, self.poll)
         self.concurrency = settings.send_ahead_concurrency
         self.lease = settings.send_ahead_lease_seconds
         self._done: list[str] = []
@@ -34,7 +35,10 @@ class SendAheadLoop:
 
     async def run(self) -> None:
         """Until cancelled: lease due pushes (as many as there are free places), send each,
-        and delete the rows of those done, in one statement per round."""
+        and delete the rows of those done, in one statement per round. While nothing comes,
+        the wait between polls doubles up to `idle_poll`: a poll costs an idle worker about a
+        millisecond of CPU on SQLite, 5% of a core at 50 a second."""
+        wait = self.poll
         try:
             while True:
                 if self._done:
@@ -54,8 +58,10 @@ class SendAheadLoop:
                     await asyncio.sleep(1.0)
                     continue
                 if not rows:
-                    await asyncio.sleep(self.poll)
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, self.idle_poll)
                     continue
+                wait = self.poll
                 for msg_id, attempts in rows:
                     task = asyncio.create_task(self._one(msg_id, attempts))
                     self._running.add(task)

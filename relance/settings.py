@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # stage 0 itself. README "Send ahead".
     send_ahead: bool = False
     send_ahead_poll_seconds: float = Field(0.02, gt=0, le=5)
+    # ...doubling while none comes, up to this: what an idle worker spends on polls, against
+    # how late the first push after a quiet spell can leave.
+    send_ahead_idle_poll_seconds: float = Field(0.2, gt=0, le=30)
     # Pushes one worker sends ahead at once, and how long a taken push is its own before
     # another worker may take it (a worker that died mid-send).
     send_ahead_concurrency: int = Field(16, ge=1, le=256)
