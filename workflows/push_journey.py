@@ -151,6 +151,10 @@ class PushJourney:
                     await self._materialise(plan)
                 await self._send_stage(plan, 0, sent_at)
             self._next_stage = 1
+        elif sent_at is None:
+            # Cancelled before its first workflow task (a push sent ahead, withdrawn within its
+            # window): nothing to send, and the stages' times still count from stage 0's send.
+            sent_at = plan.sent_ahead_at or workflow.now()
         offsets = plan.stage_offsets_seconds
         assert sent_at is not None
         while self._next_stage is not None and self._next_stage <= len(offsets):

@@ -160,3 +160,29 @@ async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_i
     assert result.state == "completed"
     assert sorted(m["registration_id"] for m in received[0]) == RIDS
     assert sorted(m["registration_id"] for m in received[1]) == RIDS[1:]
+
+
+async def test_a_push_withdrawn_within_its_window_ends_cancelled_without_a_resend(
+    dev_server: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """The cancel is a signal that Temporal holds until the window ends: the journey's first
+    workflow task sees it before anything else, sends nothing, and ends cancelled."""
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "2s"},
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+    }
+    client = dev_server.client
+    async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(resend, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == len(RIDS))
+        withdrawn = await stack.api.delete(f"/v4/push/{msg_id}")
+        assert withdrawn.status_code == 200, withdrawn.text
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        result: JourneyResult = await handle.result()
+        await asyncio.sleep(1.5)  # past stage 1's time
+
+        assert result.state == "cancelled"
+        assert stack.fleet.messages(msg_id, 1) == []
+        assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
