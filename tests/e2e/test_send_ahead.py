@@ -38,6 +38,16 @@ SHORT = {
 }
 
 
+@pytest.fixture
+def no_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker's send-ahead loop dead: it never takes a push."""
+
+    async def dead(self: SendAheadLoop) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(SendAheadLoop, "run", dead)
+
+
 async def _history(handle: WorkflowHandle) -> list[EventType.ValueType]:  # type: ignore[type-arg]
     return [e.event_type async for e in handle.fetch_history_events()]
 
@@ -95,15 +105,10 @@ async def test_a_push_no_worker_sent_ahead_gets_stage_0_from_its_journey_once(
     dev_server: WorkflowEnvironment,
     tmp_path: Path,
     task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    no_loop: None,
 ) -> None:
     """No worker's loop takes the push (all dead): when the window ends, the journey finds
     stage 0 unsent and sends it itself, once. Late rather than lost."""
-
-    async def dead(self: SendAheadLoop) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(SendAheadLoop, "run", dead)
     client = dev_server.client
     async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
         response = await stack.api.post("/v4/push", json=push_body(SHORT, RIDS))
@@ -125,17 +130,12 @@ async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_i
     dev_server: WorkflowEnvironment,
     tmp_path: Path,
     task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    no_loop: None,
 ) -> None:
     """A worker took the push and claimed its deliveries, then died before sending (here: the
     test takes and claims, and no loop runs). The window (1 s) ends first: the journey must
     not send beside a worker that may still be sending, so it waits for the lease (4 s) to
     end, then takes stage 0 over; each device gets it once."""
-
-    async def dead(self: SendAheadLoop) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(SendAheadLoop, "run", dead)
     resend = {
         "trigger": {"condition": "not_clicked", "within": "1s"},
         "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
