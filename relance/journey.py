@@ -304,12 +304,11 @@ def plan_for(
     )
 
 
-def can_send_ahead(request: PushRequest, timing: Timing | None) -> bool:
+def can_send_ahead(plan: JourneyPlan, request: PushRequest) -> bool:
     """A push whose stage 0 a worker may send before its journey starts: a few listed devices,
     stage 0 without A/B variants, no timing, and a trigger window to wait
     (without one, the journey has nothing to wait for and sends stage 0 itself at once)."""
     resend = request.resend
-    plan = plan_for("", "", request, timing)
     return (
         plan.local_send
         and plan.timing is None

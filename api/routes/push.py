@@ -164,12 +164,13 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     client = temporal(ctx)
     await check_urls(ctx, request.callback_url or [], "callback_url")
     # Sent ahead: stage 0 by a worker as soon as the push is recorded, the journey from the end
-    # of the trigger window (README "Send ahead").
-    ahead = ctx.settings.send_ahead and can_send_ahead(request, timing)
+    # of the trigger window (README "Send ahead"). The plan gets its msg_id once recorded.
+    plan = plan_for("", app.app_key, request, timing)
+    ahead = ctx.settings.send_ahead and can_send_ahead(plan, request)
     accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request, ahead)
     push = accepted.push
     labels = journey_labels(push.msg_id, request, timing, app.name)
-    plan = plan_for(push.msg_id, app.app_key, request, timing)
+    plan.msg_id = push.msg_id
     if ahead and accepted.created:  # a retried request's journey runs already, as started
         plan.sent_ahead_at = push.created_at
     try:
