@@ -10,13 +10,23 @@ accepted/s (N / from the first POST to the last answer), the POST's latency, and
 from a POST to its message's arrival. Rounds alternate which side goes first; the ratio
 relance/peer is the median of the rounds' ratios. Goal: ratio >= 2, POST p99 <= 100 ms.
 
+The closed loop above keeps C POSTs open at all times, so it runs each side at its ceiling and
+its POST latency is C / accept rate by Little's law: it says how fast a side accepts, not how
+long a client waits at a given load. So a paced phase follows (--paced-pushes, 0 to skip):
+POSTs at a fixed rate, open loop (Poisson arrivals from one seed, the same schedule for both
+sides, never waiting for an answer before the next POST), by default at twice the peer's
+measured provider rate, which is goal 1's load. Its latency counts from each POST's scheduled
+time, so a stalled client loop cannot hide a slow answer.
+
 --profile DIR records the API and the worker with py-spy during relance's first measured
-phase: --idle for --profile-seconds, then without --idle as long again, and three
-`py-spy dump`s; bench/profile_summary.py turns the raw files into markdown."""
+phase (its paced phase with --profile-paced): --idle for --profile-seconds, then without
+--idle as long again, and three `py-spy dump`s; bench/profile_summary.py turns the raw files
+into markdown."""
 
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -139,6 +149,59 @@ async def measure(
     )
 
 
+async def measure_paced(
+    run: harness.Run, side: Side, fcm: str, run_name: str, gaps: list[float]
+) -> Result:
+    """POSTs at the times that `gaps` set (open loop): each is sent on schedule whether or not
+    earlier ones were answered; its latency counts from its scheduled time."""
+    cpu = run.cpu()
+    n = len(gaps)
+    tokens = [f"{run_name}:{i:06d}" for i in range(n)]
+    sent: dict[str, tuple[float, float]] = {}
+    errors = 0
+    last_id = ""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        side.url, headers=side.headers, connector=connector, timeout=timeout
+    ) as http:
+
+        async def post(token: str, due: float) -> None:
+            nonlocal errors, last_id
+            async with http.post(side.path, json=side.body(token)) as response:
+                answer = await response.read()
+                if response.status != 200:
+                    errors += 1
+                    print(f"  {side.name}: {response.status} {answer[:300]!r}")
+                else:
+                    last_id = side.workflow_id(json.loads(answer))
+            sent[token] = (due, time.monotonic())
+
+        tasks = []
+        due = time.monotonic()
+        for token, gap in zip(tokens, gaps, strict=True):
+            due += gap
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            tasks.append(asyncio.create_task(post(token, due)))
+        await asyncio.gather(*tasks)
+    await harness.wait_arrivals(fcm, run_name, n - errors)
+    arrived = await harness.arrivals(fcm, run_name)
+    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
+    first = min(b for b, _ in sent.values())
+    elapsed = max(arrived.values()) - first
+    return Result(
+        n,
+        len(arrived) / elapsed,
+        n / (max(e for _, e in sent.values()) - first),
+        [e - b for b, e in sent.values()],
+        [arrived[t] - sent[t][0] for t in arrived],
+        errors,
+        elapsed,
+        {k: v for k, v in used.items() if v >= 0.05},
+        last_id,
+    )
+
+
 async def history(address: str, workflow_id: str, delayed: bool = False) -> str:
     """What one push costs Temporal up to its wait: events by type in its history so far
     (`delayed`: a journey started delayed, sent ahead, has no timer to wait for)."""
@@ -180,8 +243,13 @@ async def main(args: argparse.Namespace) -> None:
             "relance": Side("relance", ours.url, auth, "/v4/push"),
         }
         names = [f"r{r}{s}" for r in range(args.rounds) for s in ("relance",)] + ["warmrelance"]
+        names += ["pacedrelance"] if args.paced_pushes else []
         async with ours.session() as http:
-            ids = [f"{name}:{i:06d}" for name in names for i in range(args.pushes)]
+            ids = [
+                f"{name}:{i:06d}"
+                for name in names
+                for i in range(args.paced_pushes if name == "pacedrelance" else args.pushes)
+            ]
             await harness.register(http, ids, [])
         for name, side in sides.items():
             await measure(run, side, fcm, f"warm{name}", args.warmup, args.concurrency)
@@ -190,7 +258,7 @@ async def main(args: argparse.Namespace) -> None:
             order = ["peer", "relance"] if r % 2 == 0 else ["relance", "peer"]
             for name in order:
                 spying = None
-                if name == "relance" and args.profile and r == 0:
+                if name == "relance" and args.profile and r == 0 and not args.profile_paced:
                     spying = asyncio.create_task(
                         harness.py_spy(run, args.profile, args.profile_seconds)
                     )
@@ -200,6 +268,21 @@ async def main(args: argparse.Namespace) -> None:
                         run, sides[name], fcm, f"r{r}{name}", args.pushes, args.concurrency
                     )
                 )
+                if spying:
+                    await spying
+        paced: dict[str, Result] = {}
+        rate = args.paced_rate or 2 * statistics.median(p.provider_rate for p in results["peer"])
+        if args.paced_pushes:
+            rng = random.Random(618)
+            gaps = [rng.expovariate(rate) for _ in range(args.paced_pushes)]
+            for name in ("relance", "peer"):
+                print(f"paced: {name}, {args.paced_pushes} pushes at {rate:.1f}/s", flush=True)
+                spying = None
+                if name == "relance" and args.profile and args.profile_paced:
+                    spying = asyncio.create_task(
+                        harness.py_spy(run, args.profile, args.profile_seconds)
+                    )
+                paced[name] = await measure_paced(run, sides[name], fcm, f"paced{name}", gaps)
                 if spying:
                     await spying
         peaks = dict(run.peaks)
@@ -228,6 +311,14 @@ async def main(args: argparse.Namespace) -> None:
         for r, res in enumerate(results[name]):
             for line in res.lines(f"{name}#{r}"):
                 print(line)
+    if paced:
+        print(
+            f"paced, open loop: {args.paced_pushes} pushes at {rate:.1f}/s "
+            "(Poisson arrivals, the same schedule for both; latency from each scheduled time)"
+        )
+        for name, res in paced.items():
+            for line in res.lines(f"{name}"):
+                print(line)
     for name, text in journeys.items():
         print(f"history of one {name} push, as it waits for a click: {text}")
     print("peak RSS MB: " + ", ".join(f"{n} {v:.0f}" for n, v in peaks.items()))
@@ -245,6 +336,23 @@ if __name__ == "__main__":
         action="store_true",
         help="relance with RELANCE_SEND_AHEAD=1: stage 0 by the worker, the journey delayed",
     )
+    parser.add_argument(
+        "--paced-pushes",
+        type=int,
+        default=600,
+        help="pushes in the paced (open-loop) phase after the rounds; 0 skips it",
+    )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="POSTs per second in the paced phase (default: twice the peer's provider rate)",
+    )
     parser.add_argument("--profile", type=Path, help="record py-spy raw profiles into this dir")
     parser.add_argument("--profile-seconds", type=int, default=20)
+    parser.add_argument(
+        "--profile-paced",
+        action="store_true",
+        help="with --profile: record relance's paced phase instead of its first round",
+    )
     asyncio.run(main(parser.parse_args()))
