@@ -23,7 +23,7 @@ from relance.journey import (
     SendStageResult,
     StageShard,
 )
-from relance.ledger import outbox
+from relance.ledger import outbox, send_ahead
 from relance.ledger import timing as timed
 from relance.ledger.send_ahead import take_over
 from relance.models import PushRequest
@@ -462,23 +462,89 @@ class JourneyActivities:
         except Exception as exc:  # noqa: BLE001 — the API's sweep wakes it too
             log.info("callback forwarder of %s not woken: %s", app_key, exc)
 
-    async def send_ahead(self, msg_id: str, client: Client, task_queue: str) -> float | None:
-        """Stage 0 of a push sent ahead (activities/send_ahead.py), outside any activity: one
-        pass through the same claims as a journey's send, so a device gets it once whoever
-        sends. Returns when to try again, when a provider asked to wait; None: done (a push
-        that is gone, or whose deliveries a journey already took, is done too)."""
+    async def send_ahead(
+        self, attempts: dict[str, int], client: Client, task_queue: str
+    ) -> dict[str, float]:
+        """Stage 0 of a round of pushes sent ahead (activities/send_ahead.py; msg_id -> earlier
+        attempts), outside any activity, through the same claims as a journey's send, so a
+        device gets it once whoever sends. The round reads its pushes once, claims their first
+        pages in one transaction, sends them side by side, and records every outcome with the
+        deletion of the finished rows in one more. Returns, for each push to try again, in how
+        many seconds (a provider asked to wait, or the send failed); the others are done (a
+        push that is gone, or whose deliveries a journey already took, is done too)."""
+        pushes = await asyncio.to_thread(send_ahead.pushes, self.engine, list(attempts))
+        pages = await asyncio.to_thread(
+            send_ahead.claim_first_pages,
+            self.engine,
+            [(m, p.app_key) for m, p in pushes.items()],
+            self.batch_size,
+        )
+        routes = {
+            app: await self.registry.router(app) for app in {p.app_key for p in pushes.values()}
+        }
+
+        async def deliver(
+            msg_id: str,
+        ) -> tuple[SendStageInput, _StageContent, BatchReport, list[ledger.SendOutcomeRow]]:
+            push = pushes[msg_id]
+            inp = SendStageInput(
+                msg_id=msg_id, stage=0, scheduled_at=push.created_at, one_pass=True
+            )
+            metrics.observe_stage_lateness(0, push.created_at, 1)
+            content = _StageContent(PushRequest.model_validate(push.request), 0)
+            if not pages[msg_id].items:
+                return inp, content, BatchReport(), []
+            report, rows = await self._deliver_page(
+                inp, content, routes[push.app_key], pages[msg_id].items
+            )
+            return inp, content, report, rows
+
+        tasks = {m: asyncio.create_task(deliver(m)) for m in pushes}
+        retry: dict[str, float] = {}
+        more: list[tuple[SendStageInput, _StageContent]] = []
         try:
-            push = await asyncio.to_thread(ledger.get_push, self.engine, None, msg_id)
-        except ledger.NotFound:
-            return None  # forgotten: its journey never started
-        request = PushRequest.model_validate(push.request)
-        inp = SendStageInput(msg_id=msg_id, stage=0, scheduled_at=push.created_at, one_pass=True)
-        metrics.observe_stage_lateness(0, push.created_at, 1)
-        route = await self.registry.router(push.app_key)
-        report, queued = await self._send_pass(inp, _StageContent(request, 0), route, 0, False)
-        if queued:
-            await self._wake_callbacks(push.app_key, client, task_queue)
-        return report.retry_in
+            if tasks:
+                await asyncio.wait(tasks.values())
+        finally:
+            # Cancelled (the worker stops): what is with providers already finishes, and is
+            # recorded, so whoever takes these pushes next does not ask about it again.
+            if not all(t.done() for t in tasks.values()):
+                await asyncio.wait(tasks.values())
+            outcomes: dict[str, list[ledger.SendOutcomeRow]] = {}
+            for msg_id, task in tasks.items():
+                if task.cancelled() or task.exception() is not None:
+                    retry[msg_id] = float(min(2 ** attempts[msg_id], 60))
+                    log.warning(
+                        "stage 0 of %s not sent ahead (try %d): %r",
+                        msg_id,
+                        attempts[msg_id] + 1,
+                        None if task.cancelled() else task.exception(),
+                    )
+                    continue
+                inp, content, report, outcomes[msg_id] = task.result()
+                page = pages[msg_id]
+                if report.retry_in is not None:
+                    retry[msg_id] = report.retry_in
+                elif not page.exhausted and page.last_id is not None:
+                    more.append((inp, content))  # over a page: the rest in a pass of its own
+            unfinished = set(retry) | {inp.msg_id for inp, _ in more}
+            finished = [m for m in attempts if m not in unfinished]
+            queued = await asyncio.to_thread(
+                send_ahead.record_first_pages, self.engine, outcomes, finished
+            )
+        woken = {pushes[m].app_key for m, n in queued.items() if n}
+        for inp, content in more:
+            app_key = pushes[inp.msg_id].app_key
+            cursor = pages[inp.msg_id].last_id or 0
+            report, n = await self._send_pass(inp, content, routes[app_key], cursor, False)
+            if report.retry_in is not None:
+                retry[inp.msg_id] = report.retry_in
+            else:
+                await asyncio.to_thread(send_ahead.done, self.engine, [inp.msg_id])
+            woken |= {app_key} if n else set()
+        for app_key in sorted(woken):
+            await self._wake_callbacks(app_key, client, task_queue)
+        return retry
 
     async def _send_batch(
         self,

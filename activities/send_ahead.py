@@ -30,24 +30,18 @@ class SendAheadLoop:
         self.idle_poll = max(settings.send_ahead_idle_poll_seconds, self.poll)
         self.concurrency = settings.send_ahead_concurrency
         self.lease = settings.send_ahead_lease_seconds
-        self._done: list[str] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], int] = {}  # a round -> its pushes
 
     async def run(self) -> None:
-        """Until cancelled: lease due pushes (as many as there are free places), send each,
-        and delete the rows of those done, in one statement per round. While nothing comes,
+        """Until cancelled: lease due pushes (as many as there are free places) and send them
+        as one round (`JourneyActivities.send_ahead`: a read, a claim and a record for the
+        whole round), while earlier rounds are still with providers. While nothing comes,
         the wait between polls doubles up to `idle_poll`: a poll costs an idle worker about a
         millisecond of CPU on SQLite, 5% of a core at 50 a second."""
         wait = self.poll
         try:
             while True:
-                if self._done:
-                    done, self._done = self._done, []
-                    try:
-                        await asyncio.to_thread(send_ahead.done, self.engine, done)
-                    except Exception as exc:  # noqa: BLE001 — leased: due again after the lease
-                        log.warning("send-ahead rows not deleted: %s", exc)
-                free = self.concurrency - len(self._running)
+                free = self.concurrency - sum(self._running.values())
                 if free <= 0:
                     await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -62,27 +56,27 @@ class SendAheadLoop:
                     wait = min(wait * 2, self.idle_poll)
                     continue
                 wait = self.poll
-                for msg_id, attempts in rows:
-                    task = asyncio.create_task(self._one(msg_id, attempts))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
+                task = asyncio.create_task(self._round(dict(rows)))
+                self._running[task] = len(rows)
+                task.add_done_callback(self._forget)
         finally:
             running = list(self._running)
             for task in running:
-                task.cancel()  # leased: another worker takes them when the lease ends
+                task.cancel()  # what is with providers is recorded; the rest is leased
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def _one(self, msg_id: str, attempts: int) -> None:
+    def _forget(self, task: "asyncio.Task[None]") -> None:
+        self._running.pop(task, None)
+
+    async def _round(self, attempts: dict[str, int]) -> None:
         try:
-            retry_in = await self.journey.send_ahead(msg_id, self.client, self.task_queue)
-        except Exception as exc:  # noqa: BLE001 — a provider or the ledger failed: again later
-            retry_in = float(min(2**attempts, 60))
-            log.warning("stage 0 of %s not sent ahead (try %d): %s", msg_id, attempts + 1, exc)
-        if retry_in is None:
-            self._done.append(msg_id)
-            return
-        at = utcnow() + timedelta(seconds=retry_in)
-        try:
-            await asyncio.to_thread(send_ahead.later, self.engine, msg_id, at)
-        except Exception as exc:  # noqa: BLE001 — due again when its lease ends
-            log.warning("send-ahead retry of %s not scheduled: %s", msg_id, exc)
+            retry = await self.journey.send_ahead(attempts, self.client, self.task_queue)
+        except Exception as exc:  # noqa: BLE001 — the ledger or a provider failed: again later
+            log.warning("a round of %d pushes not sent ahead: %s", len(attempts), exc)
+            retry = {m: float(min(2**n, 60)) for m, n in attempts.items()}
+        for msg_id, seconds in retry.items():
+            try:
+                at = utcnow() + timedelta(seconds=seconds)
+                await asyncio.to_thread(send_ahead.later, self.engine, msg_id, at)
+            except Exception as exc:  # noqa: BLE001 — due again when its lease ends
+                log.warning("send-ahead retry of %s not scheduled: %s", msg_id, exc)

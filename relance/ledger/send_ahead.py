@@ -5,13 +5,17 @@ same claims as a journey (each device once, whoever sends), and deletes the row.
 worker died comes due again when its lease ends. A push whose journey could not be started is
 forgotten only while its row is untaken (`forget_push`)."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+from sqlmodel import select as sqlmodel_select
 
-from relance.db import SendAhead, reading, utcnow
+from relance.db import Push, SendAhead, reading, utcnow
+from relance.ledger._base import NotFound
+from relance.ledger.sending import Page, SendOutcomeRow, _claim, _record
 
 TABLE = SendAhead.__table__  # type: ignore[attr-defined]
 _ANY_DUE = select(TABLE.c.msg_id).where(TABLE.c.due_at <= bindparam("now")).limit(1)
@@ -44,6 +48,45 @@ def done(engine: Engine, msg_ids: Sequence[str]) -> None:
         return
     with engine.begin() as conn:
         conn.execute(delete(TABLE).where(TABLE.c.msg_id.in_(list(msg_ids))))
+
+
+def pushes(engine: Engine, msg_ids: Sequence[str]) -> dict[str, Push]:
+    """The pushes of a round of leased rows, in one read (a push forgotten since is absent)."""
+    with Session(reading(engine)) as session:
+        found = session.exec(sqlmodel_select(Push).where(col(Push.msg_id).in_(list(msg_ids))))
+        return {p.msg_id: p for p in found}
+
+
+def claim_first_pages(
+    engine: Engine, pushes: Sequence[tuple[str, str]], limit: int
+) -> dict[str, Page]:
+    """Stage 0's first page of each push (msg_id, app_key), claimed in one transaction: a
+    round of pushes sent ahead takes SQLite's write lock once, not once per push."""
+    with Session(engine) as session:
+        pages = {m: _claim(session, m, 0, 0, limit, None, None, app_key) for m, app_key in pushes}
+        session.commit()
+    return pages
+
+
+def record_first_pages(
+    engine: Engine, outcomes: Mapping[str, list[SendOutcomeRow]], finished: Sequence[str]
+) -> dict[str, int]:
+    """The stage-0 outcomes of a round of pushes and the deletion of the rows of those
+    `finished`, in one transaction: a row is never done without its outcomes, nor outcomes
+    recorded twice. Returns the callback rows queued per push (a push gone since: none)."""
+    queued: dict[str, int] = {}
+    with Session(engine) as session:
+        for msg_id, rows in outcomes.items():
+            if not rows:
+                continue
+            try:
+                queued[msg_id] = _record(session, msg_id, 0, rows)
+            except NotFound:  # raised before it wrote anything: the push is gone
+                queued[msg_id] = 0
+        if finished:
+            session.execute(delete(TABLE).where(TABLE.c.msg_id.in_(list(finished))))
+        session.commit()
+    return queued
 
 
 def later(engine: Engine, msg_id: str, at: datetime) -> None:

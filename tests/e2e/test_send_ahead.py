@@ -6,12 +6,14 @@ import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.journey import JourneyActivities
 from activities.send_ahead import SendAheadLoop
 from relance import ledger
 from relance.journey import JourneyResult
@@ -186,3 +188,67 @@ async def test_a_push_withdrawn_within_its_window_ends_cancelled_without_a_resen
         assert result.state == "cancelled"
         assert stack.fleet.messages(msg_id, 1) == []
         assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
+
+
+async def test_pushes_accepted_together_go_in_one_round_and_each_device_gets_stage_0_once(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight pushes accepted while the loop sleeps are taken in one round: one read, one claim
+    and one record for all of them. Each has six devices and the test's pages hold four, so
+    each push's first page goes with the round and its rest in a pass of its own. Every device
+    gets stage 0 once, every row is done with its outcomes, and the journeys, when their
+    windows end, find stage 0 sent and resend to each device once."""
+    rounds: list[int] = []
+    real = JourneyActivities.send_ahead
+
+    async def counted(self: JourneyActivities, attempts: dict[str, int], *args: Any) -> Any:
+        rounds.append(len(attempts))
+        return await real(self, attempts, *args)
+
+    monkeypatch.setattr(JourneyActivities, "send_ahead", counted)
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "4s"},
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+        "observe": "0s",
+    }
+    rids = [f"dev-{i}" for i in range(6)]
+    nobody = Behaviour(p_click=[0.0], p_display=0.0, p_fail=0.0, min_delay_ms=1, max_delay_ms=5)
+    client = dev_server.client
+    async with inprocess_stack(
+        client,
+        tmp_path,
+        task_queue,
+        nobody,
+        send_ahead=True,
+        send_ahead_poll_seconds=1.0,
+        send_ahead_idle_poll_seconds=1.0,
+    ) as stack:
+        await asyncio.sleep(1.2)  # the loop has polled once and sleeps for a second
+        answers = await asyncio.gather(
+            *(
+                stack.api.post("/v4/push", json=push_body(resend, rids) | {"request_id": f"r-{i}"})
+                for i in range(8)
+            )
+        )
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        msg_ids = [a.json()["msg_id"] for a in answers]
+        assert len(set(msg_ids)) == 8
+        await eventually(lambda: send_ahead.pending(stack.engine) == 0)
+        sent_ahead = {m: stack.fleet.messages(m, 0) for m in msg_ids}
+        results: list[JourneyResult] = [
+            await client.get_workflow_handle_for(PushJourney.run, f"push-{m}").result()
+            for m in msg_ids
+        ]
+        received = {m: (stack.fleet.messages(m, 0), stack.fleet.messages(m, 1)) for m in msg_ids}
+
+    assert max(rounds) > 1, rounds  # some pushes went together
+    assert sum(rounds) == len(msg_ids)  # and no push was taken twice
+    for msg_id, result in zip(msg_ids, results, strict=True):
+        assert sorted(m["registration_id"] for m in sent_ahead[msg_id]) == rids
+        assert result.state == "completed"
+        assert [(s.stage, s.sent) for s in result.stages] == [(0, 6), (1, 6)]
+        for stage in received[msg_id]:  # once each, stage 0 and the resend
+            assert sorted(m["registration_id"] for m in stage) == rids

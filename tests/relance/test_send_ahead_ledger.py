@@ -70,3 +70,38 @@ def test_the_journey_takes_stage_0_over_only_from_no_worker(engine: Engine) -> N
     wait = send_ahead.take_over(engine, "due")
     assert wait is not None and 25 < wait <= 30
     assert send_ahead.pending(engine) == 1
+
+
+def _sent(items: list[ledger.Outbound]) -> list[ledger.SendOutcomeRow]:
+    return [ledger.SendOutcomeRow(i.delivery_id, i.registration_id, ok=True) for i in items]
+
+
+def test_a_round_claims_its_pushes_at_once_and_ends_each_row_with_its_outcomes(
+    engine: Engine,
+) -> None:
+    key, _ = ledger.create_app(engine, "t")
+    request = PushRequest.model_validate(PUSH)
+    ids = [ledger.accept_push(engine, key, request, send_ahead=True).push.msg_id for _ in range(3)]
+    rows = dict(send_ahead.take(engine, 10, lease_seconds=60))
+    assert sorted(rows) == sorted(ids)
+    assert sorted(send_ahead.pushes(engine, [*ids, "gone"])) == sorted(ids)
+
+    pages = send_ahead.claim_first_pages(engine, [(m, key) for m in ids], limit=10)
+    for m in ids:
+        assert sorted(i.registration_id for i in pages[m].items) == ["a", "b"]
+        assert pages[m].exhausted and not any(i.resend for i in pages[m].items)
+    # Claimed and unrecorded: whoever claims them again must ask the provider first.
+    again = send_ahead.claim_first_pages(engine, [(ids[2], key)], limit=10)
+    assert [i.resend for i in again[ids[2]].items] == [True, True]
+
+    # Two pushes finish; the third (a provider asked it to wait) keeps its row; a push gone
+    # since it was claimed is skipped, and its row goes.
+    queue(engine, "gone")
+    outcomes = {m: _sent(pages[m].items) for m in ids[:2]}
+    outcomes["gone"] = [ledger.SendOutcomeRow(10**9, "x", ok=True)]
+    send_ahead.record_first_pages(engine, outcomes, finished=[*ids[:2], "gone"])
+    assert send_ahead.pending(engine) == 1
+    assert send_ahead.take_over(engine, ids[2]) is not None  # still leased to its worker
+    for m, sent in ((ids[0], 2), (ids[1], 2), (ids[2], 0)):
+        counts, _ = ledger.stage_result(engine, m, 0)
+        assert counts.get("sent", 0) == sent, (m, counts)
