@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.errors import ApiError
+from api.journeys import AheadStarts
 from api.ratelimit import RateLimiter, check
 from api.signals import SignalCoalescer
 from relance import ledger
@@ -76,6 +77,8 @@ class Context:
     event_writes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     auth: AuthCache = field(default_factory=lambda: AuthCache(0))
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    # Journeys of pushes sent ahead whose start is in flight (README "Send ahead").
+    ahead_starts: AheadStarts = field(default_factory=AheadStarts)
 
 
 def get_context(request: Request) -> Context:

@@ -5,6 +5,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
@@ -13,13 +14,15 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from relance import ledger
-from relance.db import utcnow
+from relance.db import Push, utcnow
 from relance.describe import JourneyLabels, journey_labels
-from relance.journey import JourneyInput, JourneyPlan, JourneyResult, plan_for
+from relance.journey import JourneyInput, JourneyPlan, JourneyResult, can_send_ahead, plan_for
 from relance.models import PushRequest
 from relance.settings import Settings
 from relance.states import JourneyState
 from workflows.push_journey import PushJourney, search_attributes
+
+log = logging.getLogger("relance.api")
 
 
 def workflow_id(msg_id: str) -> str:
@@ -32,10 +35,15 @@ async def start_journey(
     """Start PushJourney; a retried request reuses the running journey instead of a second one.
     `labels`: what the Temporal UI shows of it (relance.describe.journey_labels).
 
-    A push sent ahead (`plan.sent_ahead_at`) starts delayed to the end of its trigger window:
+    A push sent ahead (`plan.sent_ahead_at`) starts delayed to the end of its trigger window,
+    counted from the accept (a journey the repair loop starts late waits only what is left):
     Temporal keeps the start as a durable timer, holds the signals that come meanwhile, and
     runs the journey's first workflow task only then (the UI shows it as waiting)."""
     ahead = plan.sent_ahead_at is not None
+    delay = None
+    if plan.sent_ahead_at is not None:
+        left = timedelta(seconds=plan.within_seconds) - (utcnow() - plan.sent_ahead_at)
+        delay = left if left > timedelta(0) else None
     return await client.start_workflow(
         PushJourney.run,
         JourneyInput(plan=plan),
@@ -50,11 +58,59 @@ async def start_journey(
         ),
         static_summary=labels.summary if labels else None,
         static_details=labels.details if labels else None,
-        start_delay=timedelta(seconds=plan.within_seconds) if ahead else None,
+        start_delay=delay,
     )
 
 
-log = logging.getLogger("relance.api")
+def journey_plan(settings: Settings, push: Push, request: PushRequest) -> JourneyPlan:
+    """The plan of a recorded push, for a journey started after its POST: by the repair loop,
+    or by a cancel that finds none. A push sent ahead (the same decision the API took) gets
+    its journey's stage-0 check, which sends only what no worker holds or has sent."""
+    plan = plan_for(push.msg_id, push.app_key, request)
+    if settings.send_ahead and can_send_ahead(plan, request):
+        plan.sent_ahead_at = push.created_at
+    return plan
+
+
+class AheadStarts:
+    """The journeys of pushes sent ahead whose start is in flight in this API process. Their
+    POST answers once the push and its send-ahead row are committed: stage 0 does not need the
+    journey, and a start that fails is made by the repair loop (`repair_journeys`), delayed to
+    what is left of the window. At most `limit` starts are in flight: beyond, a POST waits for
+    a place, so a slow Temporal slows the API down instead of piling starts up in memory."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.slots = asyncio.Semaphore(limit)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(
+        self, client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
+    ) -> None:
+        await self.slots.acquire()
+        task = asyncio.create_task(self._start(client, task_queue, plan, labels))
+        self.tasks[plan.msg_id] = task
+        task.add_done_callback(partial(self._done, plan.msg_id))
+
+    def _done(self, msg_id: str, _task: "asyncio.Task[None]") -> None:
+        self.tasks.pop(msg_id, None)
+        self.slots.release()
+
+    @staticmethod
+    async def _start(
+        client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
+    ) -> None:
+        try:
+            await start_journey(client, task_queue, plan, labels)
+        except WorkflowAlreadyStartedError:
+            pass  # it ran to its end
+        except Exception as exc:  # noqa: BLE001 — the repair loop starts it once Temporal answers
+            log.warning("journey of push %s not started yet (sent ahead): %s", plan.msg_id, exc)
+
+    async def settled(self, msg_id: str) -> None:
+        """Once this process's start of the push's journey, if any, has ended."""
+        task = self.tasks.get(msg_id)
+        if task is not None:
+            await asyncio.wait([task])
 
 
 async def repair_journeys(
@@ -81,7 +137,7 @@ async def repair_journeys(
             await start_journey(
                 client,
                 settings.task_queue,
-                plan_for(push.msg_id, push.app_key, request),
+                journey_plan(settings, push, request),
                 journey_labels(push.msg_id, request),
             )
         except WorkflowAlreadyStartedError:

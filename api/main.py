@@ -89,6 +89,10 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
             asyncio.create_task(repair_journeys_forever(lambda: context.client, engine, settings)),
         ]
         yield
+        # The starts of journeys sent ahead that are in flight: a few seconds to end (after
+        # that, the repair loop of any API process makes them).
+        if context.ahead_starts.tasks:
+            await asyncio.wait(list(context.ahead_starts.tasks.values()), timeout=5)
         for task in tasks:
             task.cancel()
             with suppress(asyncio.CancelledError):

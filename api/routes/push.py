@@ -8,11 +8,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import MAX_ID, AppDep, ContextDep, temporal
 from api.errors import ApiError, responses
-from api.journeys import start_journey, workflow_id
+from api.journeys import journey_plan, start_journey, workflow_id
 from api.routes.callbacks import check_urls
 from relance import ledger
 from relance.db import App, Push, utcnow
@@ -159,7 +159,10 @@ class Cancelled(BaseModel):
 
 async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> PushAccepted:
     """Record a push and start its journey: what POST /v4/push and each request of a batch
-    push do. Nothing half-done is left when the journey cannot start."""
+    push do. Nothing half-done is left when the journey cannot start: the push is forgotten
+    (503), unless it is sent ahead. Then a worker sends its stage 0 whatever becomes of the
+    start, the POST answers once the push is recorded, and the start runs after it (and the
+    repair loop's, if it fails)."""
     timing = _timing(app, request)
     client = temporal(ctx)
     await check_urls(ctx, request.callback_url or [], "callback_url")
@@ -171,23 +174,22 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     push = accepted.push
     labels = journey_labels(push.msg_id, request, timing, app.name)
     plan.msg_id = push.msg_id
-    if ahead and accepted.created:  # a retried request's journey runs already, as started
+    if ahead:
+        # Recorded with its send-ahead row: a worker sends stage 0 whatever becomes of the
+        # start, so the POST answers now. A start that fails is the repair loop's to make.
         plan.sent_ahead_at = push.created_at
+        await ctx.ahead_starts.start(client, ctx.settings.task_queue, plan, labels)
+        if accepted.created:
+            log.info("push %s accepted, sent ahead: %s", push.msg_id, labels.summary)
+        return _accepted(push, request, accepted.created)
     try:
         await start_journey(client, ctx.settings.task_queue, plan, labels)
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
     except Exception as exc:
         if accepted.created and request.request_id is None:
-            # No request_id to retry with: leave nothing half-done behind, unless a worker has
-            # already taken its stage 0. Then the push stands, and the API's repair loop
-            # starts its journey once Temporal answers (journey_repair_after_seconds).
-            forgotten = await run_in_threadpool(
-                ledger.forget_push, ctx.engine, push.msg_id, plan.sent_ahead_at is not None
-            )
-            if not forgotten:
-                log.warning("push %s sent ahead; its journey did not start: %s", push.msg_id, exc)
-                return _accepted(push, request, accepted.created)
+            # No request_id to retry with: leave nothing half-done behind.
+            await run_in_threadpool(ledger.forget_push, ctx.engine, push.msg_id)
         raise ApiError(503, f"could not start the journey, retry the same request: {exc}") from exc
     if accepted.created:
         log.info("push %s accepted: %s", push.msg_id, labels.summary)
@@ -278,16 +280,26 @@ def _timing(app: App, request: PushRequest) -> Timing | None:
     return timing_for(policy_of(app), options.overrides())
 
 
+def _sent_ahead(ctx: ContextDep, push: Push) -> bool:
+    return (
+        journey_plan(ctx.settings, push, PushRequest.model_validate(push.request)).sent_ahead_at
+        is not None
+    )
+
+
 async def _live_status(ctx: ContextDep, push: Push) -> JourneyStatus | None:
     assert ctx.client is not None
+    await ctx.ahead_starts.settled(push.msg_id)
     handle = ctx.client.get_workflow_handle(workflow_id(push.msg_id))
     try:
         return await handle.query(PushJourney.status, rpc_timeout=timedelta(seconds=5))
     except RPCError as exc:
-        if "not scheduled yet" not in exc.message:
+        waiting = "not scheduled yet" in exc.message  # sent ahead, its start delayed
+        if not waiting and not (exc.status == RPCStatusCode.NOT_FOUND and _sent_ahead(ctx, push)):
             return None
-        # Sent ahead: the journey starts when the trigger window ends, and stage 1 is due then
-        # plus its `after` (relance.schedule), counted from the push's send.
+        # Sent ahead: the journey starts when the trigger window ends (or, its start failed,
+        # when the repair loop makes it), and stage 1 is due at the window's end plus its
+        # `after` (relance.schedule), counted from the push's send.
         offsets = stage_offsets(PushRequest.model_validate(push.request).resend)
         return JourneyStatus(
             msg_id=push.msg_id,
@@ -326,8 +338,21 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
         if again_ok and push.state == JourneyState.cancelled:
             return
         raise ApiError(409, f"msg_id: the journey already ended ({push.state})", "msg_id")
+    await ctx.ahead_starts.settled(msg_id)
     handle = temporal(ctx).get_workflow_handle(workflow_id(msg_id))
-    description = await handle.describe()
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND or not _sent_ahead(ctx, push):
+            raise
+        # Sent ahead, and its journey's start failed (the repair loop has not made it yet):
+        # started here, as the repair loop would, so that it can be told to stop.
+        request = PushRequest.model_validate(push.request)
+        plan = journey_plan(ctx.settings, push, request)
+        await start_journey(
+            temporal(ctx), ctx.settings.task_queue, plan, journey_labels(msg_id, request)
+        )
+        description = await handle.describe()
     if description.status != WorkflowExecutionStatus.RUNNING:
         if again_ok and description.status == WorkflowExecutionStatus.COMPLETED:
             push = await run_in_threadpool(ledger.get_push, ctx.engine, app_key, msg_id)

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.journey import JourneyActivities
@@ -76,9 +77,11 @@ async def test_stage_0_goes_before_the_journey_starts_and_the_resends_skip_the_c
         await eventually(lambda: ledger.progress(stack.engine, msg_id).clicked == 1)
         await eventually(lambda: send_ahead.pending(stack.engine) == 0)
         assert EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED not in await _history(handle)
+        # Its first workflow task is due when the window ends, counted from the accept.
         info = (await handle.describe()).raw_description.workflow_execution_info
-        delay = info.execution_time.ToDatetime() - info.start_time.ToDatetime()
-        assert delay == timedelta(seconds=8)
+        due_at = info.execution_time.ToDatetime(tzinfo=UTC)
+        window_end = created.replace(tzinfo=UTC) + timedelta(seconds=8)
+        assert abs(due_at - window_end) < timedelta(milliseconds=100), (due_at, window_end)
         assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["funnel"]["clicked"] == 1
 
         result: JourneyResult = await handle.result()
@@ -252,3 +255,104 @@ async def test_pushes_accepted_together_go_in_one_round_and_each_device_gets_sta
         assert [(s.stage, s.sent) for s in result.stages] == [(0, 6), (1, 6)]
         for stage in received[msg_id]:  # once each, stage 0 and the resend
             assert sorted(m["registration_id"] for m in stage) == rids
+
+
+@pytest.fixture
+def first_start_refused(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Temporal refuses the first start of a journey (as when it is down for a moment); later
+    starts go through. Returns the ids of the starts refused."""
+    refused: list[str] = []
+    real = Client.start_workflow
+
+    async def start_workflow(self: Client, *args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(str(kwargs["id"]))
+            raise RPCError("injected: Temporal unavailable", RPCStatusCode.UNAVAILABLE, b"")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "start_workflow", start_workflow)
+    return refused
+
+
+async def test_a_push_whose_journey_start_fails_is_answered_sent_and_repaired_in_its_window(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    first_start_refused: list[str],
+) -> None:
+    """The POST answers once the push is recorded: its stage 0 does not need the journey. The
+    journey's start is refused; the repair loop starts it a second later, delayed to what is
+    left of the window (counted from the accept), and the resend reaches who did not click."""
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "6s"},
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+        "observe": "0s",
+    }
+    client = dev_server.client
+    async with inprocess_stack(
+        client,
+        tmp_path,
+        task_queue,
+        CLICKS,
+        send_ahead=True,
+        journey_repair_interval_seconds=0.5,
+        journey_repair_after_seconds=1.0,
+    ) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(resend, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        assert first_start_refused == [f"push-{msg_id}"]
+        # No journey yet: the ledger answers, waiting for stage 1 at the window's end + 1 s.
+        status = (await stack.api.get(f"/v4/push/{msg_id}")).json()
+        assert (status["state"], status["next_stage"]) == ("waiting", 1)
+        await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == len(RIDS))
+
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+
+        async def started() -> Any:
+            try:
+                return await handle.describe()
+            except RPCError:
+                return None
+
+        info = (await eventually(started, timeout=10)).raw_description.workflow_execution_info
+        created = ledger.get_push(stack.engine, None, msg_id).created_at.replace(tzinfo=UTC)
+        due_at = info.execution_time.ToDatetime(tzinfo=UTC)
+        assert abs(due_at - (created + timedelta(seconds=6))) < timedelta(milliseconds=100)
+        result: JourneyResult = await handle.result()
+        received = {s: stack.fleet.messages(msg_id, s) for s in (0, 1)}
+
+    assert result.state == "completed"
+    assert sorted(m["registration_id"] for m in received[0]) == RIDS
+    assert sorted(m["registration_id"] for m in received[1]) == RIDS[1:]  # dev-0 clicked
+
+
+async def test_a_push_sent_ahead_can_be_withdrawn_before_its_journey_could_start(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    first_start_refused: list[str],
+) -> None:
+    """The start failed and the repair loop has not come yet: the withdraw starts the journey
+    (as the repair would), then stops it. It ends cancelled, and nobody gets stage 1."""
+    resend = {
+        "trigger": {"condition": "not_clicked", "within": "2s"},
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+    }
+    client = dev_server.client
+    async with inprocess_stack(
+        client, tmp_path, task_queue, CLICKS, send_ahead=True, journey_repair_after_seconds=3600
+    ) as stack:
+        response = await stack.api.post("/v4/push", json=push_body(resend, RIDS))
+        assert response.status_code == 200, response.text
+        msg_id = response.json()["msg_id"]
+        assert first_start_refused == [f"push-{msg_id}"]
+        withdrawn = await stack.api.delete(f"/v4/push/withdraw/{msg_id}")
+        assert withdrawn.status_code == 200, withdrawn.text
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        result: JourneyResult = await handle.result()
+        await asyncio.sleep(1.5)  # past stage 1's time
+
+        assert result.state == "cancelled"
+        assert stack.fleet.messages(msg_id, 1) == []
+        assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
