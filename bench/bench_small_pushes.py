@@ -102,6 +102,36 @@ class Result:
         ]
 
 
+async def settle(
+    run: harness.Run,
+    fcm: str,
+    run_name: str,
+    cpu: dict[str, float],
+    sent: dict[str, tuple[float, float]],
+    errors: int,
+    last_id: str,
+) -> Result:
+    """A phase's figures once every message answered 200 has reached the fake: `sent` holds
+    each POST's (start, answer) times, `cpu` the processes' CPU when the phase began."""
+    n = len(sent)
+    await harness.wait_arrivals(fcm, run_name, n - errors)
+    arrived = await harness.arrivals(fcm, run_name)
+    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
+    first = min(b for b, _ in sent.values())
+    elapsed = max(arrived.values()) - first
+    return Result(
+        n,
+        len(arrived) / elapsed,
+        n / (max(e for _, e in sent.values()) - first),
+        [e - b for b, e in sent.values()],
+        [arrived[t] - sent[t][0] for t in arrived],
+        errors,
+        elapsed,
+        {k: v for k, v in used.items() if v >= 0.05},
+        last_id,
+    )
+
+
 async def measure(
     run: harness.Run, side: Side, fcm: str, run_name: str, n: int, concurrency: int
 ) -> Result:
@@ -131,22 +161,7 @@ async def measure(
                 sent[token] = (began, time.monotonic())
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    await harness.wait_arrivals(fcm, run_name, n - errors)
-    arrived = await harness.arrivals(fcm, run_name)
-    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
-    first = min(b for b, _ in sent.values())
-    elapsed = max(arrived.values()) - first
-    return Result(
-        n,
-        len(arrived) / elapsed,
-        n / (max(e for _, e in sent.values()) - first),
-        [e - b for b, e in sent.values()],
-        [arrived[t] - sent[t][0] for t in arrived],
-        errors,
-        elapsed,
-        {k: v for k, v in used.items() if v >= 0.05},
-        last_id,
-    )
+    return await settle(run, fcm, run_name, cpu, sent, errors, last_id)
 
 
 async def measure_paced(
@@ -184,22 +199,7 @@ async def measure_paced(
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             tasks.append(asyncio.create_task(post(token, due)))
         await asyncio.gather(*tasks)
-    await harness.wait_arrivals(fcm, run_name, n - errors)
-    arrived = await harness.arrivals(fcm, run_name)
-    used = {k: v - cpu.get(k, 0.0) for k, v in run.cpu().items()}
-    first = min(b for b, _ in sent.values())
-    elapsed = max(arrived.values()) - first
-    return Result(
-        n,
-        len(arrived) / elapsed,
-        n / (max(e for _, e in sent.values()) - first),
-        [e - b for b, e in sent.values()],
-        [arrived[t] - sent[t][0] for t in arrived],
-        errors,
-        elapsed,
-        {k: v for k, v in used.items() if v >= 0.05},
-        last_id,
-    )
+    return await settle(run, fcm, run_name, cpu, sent, errors, last_id)
 
 
 async def history(address: str, workflow_id: str, delayed: bool = False) -> str:

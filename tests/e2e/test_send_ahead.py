@@ -20,7 +20,7 @@ from relance import ledger
 from relance.journey import JourneyResult
 from relance.ledger import send_ahead
 from relance.simulator import Behaviour
-from tests.stack import eventually, inprocess_stack
+from tests.stack import Stack, eventually, inprocess_stack
 from tests.workflows.test_continue_and_replay import HISTORIES, _replays
 from tests.workflows.test_push_journey import push_body
 from workflows.push_journey import PushJourney
@@ -182,15 +182,7 @@ async def test_a_push_withdrawn_within_its_window_ends_cancelled_without_a_resen
         assert response.status_code == 200, response.text
         msg_id = response.json()["msg_id"]
         await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == len(RIDS))
-        withdrawn = await stack.api.delete(f"/v4/push/{msg_id}")
-        assert withdrawn.status_code == 200, withdrawn.text
-        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        result: JourneyResult = await handle.result()
-        await asyncio.sleep(1.5)  # past stage 1's time
-
-        assert result.state == "cancelled"
-        assert stack.fleet.messages(msg_id, 1) == []
-        assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
+        await _withdrawn_without_a_resend(stack, client, msg_id, f"/v4/push/{msg_id}")
 
 
 async def test_pushes_accepted_together_go_in_one_round_and_each_device_gets_stage_0_once(
@@ -347,12 +339,18 @@ async def test_a_push_sent_ahead_can_be_withdrawn_before_its_journey_could_start
         assert response.status_code == 200, response.text
         msg_id = response.json()["msg_id"]
         assert first_start_refused == [f"push-{msg_id}"]
-        withdrawn = await stack.api.delete(f"/v4/push/withdraw/{msg_id}")
-        assert withdrawn.status_code == 200, withdrawn.text
-        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
-        result: JourneyResult = await handle.result()
-        await asyncio.sleep(1.5)  # past stage 1's time
+        await _withdrawn_without_a_resend(stack, client, msg_id, f"/v4/push/withdraw/{msg_id}")
 
-        assert result.state == "cancelled"
-        assert stack.fleet.messages(msg_id, 1) == []
-        assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
+
+async def _withdrawn_without_a_resend(stack: Stack, client: Client, msg_id: str, path: str) -> None:
+    """DELETE `path` (a cancel or EngageLab's withdraw): the journey ends cancelled, and
+    nobody gets stage 1 (due 1 s after a 1-2 s window)."""
+    withdrawn = await stack.api.delete(path)
+    assert withdrawn.status_code == 200, withdrawn.text
+    handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+    result: JourneyResult = await handle.result()
+    await asyncio.sleep(1.5)  # past stage 1's time
+
+    assert result.state == "cancelled"
+    assert stack.fleet.messages(msg_id, 1) == []
+    assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
