@@ -179,8 +179,8 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
         # start, so the POST answers now. A start that fails is the repair loop's to make.
         plan.sent_ahead_at = push.created_at
         await ctx.ahead_starts.start(client, ctx.settings.task_queue, plan, labels)
-        if accepted.created:
-            log.info("push %s accepted, sent ahead: %s", push.msg_id, labels.summary)
+        if accepted.created:  # the same line as any push's: `relance dev` and its readers
+            log.info("push %s accepted: %s", push.msg_id, labels.summary)
         return _accepted(push, request, accepted.created)
     try:
         await start_journey(client, ctx.settings.task_queue, plan, labels)
