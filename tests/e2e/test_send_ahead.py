@@ -140,10 +140,12 @@ async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_i
     """A worker took the push and claimed its deliveries, then died before sending (here: the
     test takes and claims, and no loop runs). The window (1 s) ends first: the journey must
     not send beside a worker that may still be sending, so it waits for the lease (4 s) to
-    end, then takes stage 0 over; each device gets it once."""
+    end, then takes stage 0 over; each device gets it once. Stage 1 is due 6 s after the
+    window: with a stage 0 this late (about 4-5 s), a stage 1 already due would go out at once,
+    before dev-0's click on stage 0 could come back (README "Send ahead", worker outages)."""
     resend = {
         "trigger": {"condition": "not_clicked", "within": "1s"},
-        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
+        "stages": [{"after": "6s", "notification": {"title": "Still on"}}],
         "observe": "0s",
     }
     client = dev_server.client
