@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -102,17 +102,33 @@ class Result:
         ]
 
 
+@dataclass
+class Tally:
+    """A phase's POSTs: each token's (start, answer) times, the errors, the last journey id."""
+
+    side: Side
+    sent: dict[str, tuple[float, float]] = field(default_factory=dict)
+    errors: int = 0
+    last_id: str = ""
+
+    async def post(self, http: aiohttp.ClientSession, token: str, began: float) -> None:
+        """POST one push; its latency counts from `began`."""
+        async with http.post(self.side.path, json=self.side.body(token)) as response:
+            answer = await response.read()
+            if response.status != 200:
+                self.errors += 1
+                print(f"  {self.side.name}: {response.status} {answer[:300]!r}")
+            else:
+                self.last_id = self.side.workflow_id(json.loads(answer))
+        self.sent[token] = (began, time.monotonic())
+
+
 async def settle(
-    run: harness.Run,
-    fcm: str,
-    run_name: str,
-    cpu: dict[str, float],
-    sent: dict[str, tuple[float, float]],
-    errors: int,
-    last_id: str,
+    run: harness.Run, fcm: str, run_name: str, cpu: dict[str, float], tally: Tally
 ) -> Result:
-    """A phase's figures once every message answered 200 has reached the fake: `sent` holds
-    each POST's (start, answer) times, `cpu` the processes' CPU when the phase began."""
+    """A phase's figures once every message answered 200 has reached the fake; `cpu` holds the
+    processes' CPU when the phase began."""
+    sent, errors, last_id = tally.sent, tally.errors, tally.last_id
     n = len(sent)
     await harness.wait_arrivals(fcm, run_name, n - errors)
     arrived = await harness.arrivals(fcm, run_name)
@@ -136,11 +152,8 @@ async def measure(
     run: harness.Run, side: Side, fcm: str, run_name: str, n: int, concurrency: int
 ) -> Result:
     cpu = run.cpu()
-    tokens = [f"{run_name}:{i:06d}" for i in range(n)]
-    sent: dict[str, tuple[float, float]] = {}
-    errors = 0
-    last_id = ""
-    todo = iter(tokens)
+    todo = iter([f"{run_name}:{i:06d}" for i in range(n)])
+    tally = Tally(side)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(
@@ -148,20 +161,11 @@ async def measure(
     ) as http:
 
         async def client() -> None:
-            nonlocal errors, last_id
             for token in todo:
-                began = time.monotonic()
-                async with http.post(side.path, json=side.body(token)) as response:
-                    answer = await response.read()
-                    if response.status != 200:
-                        errors += 1
-                        print(f"  {side.name}: {response.status} {answer[:300]!r}")
-                    else:
-                        last_id = side.workflow_id(json.loads(answer))
-                sent[token] = (began, time.monotonic())
+                await tally.post(http, token, time.monotonic())
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
-    return await settle(run, fcm, run_name, cpu, sent, errors, last_id)
+    return await settle(run, fcm, run_name, cpu, tally)
 
 
 async def measure_paced(
@@ -170,36 +174,21 @@ async def measure_paced(
     """POSTs at the times that `gaps` set (open loop): each is sent on schedule whether or not
     earlier ones were answered; its latency counts from its scheduled time."""
     cpu = run.cpu()
-    n = len(gaps)
-    tokens = [f"{run_name}:{i:06d}" for i in range(n)]
-    sent: dict[str, tuple[float, float]] = {}
-    errors = 0
-    last_id = ""
+    tokens = [f"{run_name}:{i:06d}" for i in range(len(gaps))]
+    tally = Tally(side)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(
         side.url, headers=side.headers, connector=connector, timeout=timeout
     ) as http:
-
-        async def post(token: str, due: float) -> None:
-            nonlocal errors, last_id
-            async with http.post(side.path, json=side.body(token)) as response:
-                answer = await response.read()
-                if response.status != 200:
-                    errors += 1
-                    print(f"  {side.name}: {response.status} {answer[:300]!r}")
-                else:
-                    last_id = side.workflow_id(json.loads(answer))
-            sent[token] = (due, time.monotonic())
-
         tasks = []
         due = time.monotonic()
         for token, gap in zip(tokens, gaps, strict=True):
             due += gap
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            tasks.append(asyncio.create_task(post(token, due)))
+            tasks.append(asyncio.create_task(tally.post(http, token, due)))
         await asyncio.gather(*tasks)
-    return await settle(run, fcm, run_name, cpu, sent, errors, last_id)
+    return await settle(run, fcm, run_name, cpu, tally)
 
 
 async def history(address: str, workflow_id: str, delayed: bool = False) -> str:
