@@ -1,7 +1,7 @@
 """POST /v4/push and friends: accept a push, start its journey, query and stop it."""
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -172,6 +172,14 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
     ahead = ctx.settings.send_ahead and can_send_ahead(plan, request)
     accepted = await run_in_threadpool(ledger.accept_push, ctx.engine, app.app_key, request, ahead)
     push = accepted.push
+    if not accepted.created:
+        # A retry of a request_id already recorded: its journey is the first request's, whatever
+        # this body says (a client that changed the body under the same request_id gets the
+        # push it first made, as from EngageLab, never a journey planned from the new body).
+        request = PushRequest.model_validate(push.request)
+        timing = timing_for(policy_of(app), request.body.options.overrides())
+        plan = plan_for("", app.app_key, request, timing)
+        ahead = ctx.settings.send_ahead and can_send_ahead(plan, request)
     labels = journey_labels(push.msg_id, request, timing, app.name)
     plan.msg_id = push.msg_id
     if ahead:
@@ -289,28 +297,44 @@ def _sent_ahead(ctx: ContextDep, push: Push) -> bool:
 
 async def _live_status(ctx: ContextDep, push: Push) -> JourneyStatus | None:
     assert ctx.client is not None
+    request = PushRequest.model_validate(push.request)
+    plan = journey_plan(ctx.settings, push, request)
+    created = push.created_at if push.created_at.tzinfo else push.created_at.replace(tzinfo=UTC)
+    ahead = plan.sent_ahead_at is not None
+    if ahead and utcnow() < created + timedelta(seconds=plan.within_seconds):
+        # Within its window, the journey of a push sent ahead has had no workflow task, so
+        # there is nothing to ask it; and the server may hold such a query until the window
+        # ends instead of refusing it at once (seen on the dev server: a GET took 3 s).
+        return _waiting(push, request)
     await ctx.ahead_starts.settled(push.msg_id)
     handle = ctx.client.get_workflow_handle(workflow_id(push.msg_id))
     try:
         return await handle.query(PushJourney.status, rpc_timeout=timedelta(seconds=5))
-    except RPCError as exc:
-        waiting = "not scheduled yet" in exc.message  # sent ahead, its start delayed
-        if not waiting and not (exc.status == RPCStatusCode.NOT_FOUND and _sent_ahead(ctx, push)):
-            return None
-        # Sent ahead: the journey starts when the trigger window ends (or, its start failed,
-        # when the repair loop makes it), and stage 1 is due at the window's end plus its
-        # `after` (relance.schedule), counted from the push's send.
-        offsets = stage_offsets(PushRequest.model_validate(push.request).resend)
-        return JourneyStatus(
-            msg_id=push.msg_id,
-            state=JourneyState.waiting,
-            next_stage=1 if offsets else None,
-            next_stage_at=push.created_at + offsets[0] if offsets else None,
-            progress=Progress(),
-            stages=[],
-        )
-    except Exception:  # noqa: BLE001 — the ledger answers when the journey cannot
+    except Exception as exc:  # noqa: BLE001 — the ledger answers when the journey cannot
+        # Sent ahead, and its journey has not run: its start is still delayed, or it failed
+        # and the repair loop has yet to make it (Temporal down or refusing). Its stage 0 is
+        # out all the same, so it waits for stage 1, not in `accepted`.
+        if ahead and (
+            (isinstance(exc, RPCError) and "not scheduled yet" in exc.message)
+            or push.state == JourneyState.accepted
+        ):
+            return _waiting(push, request)
         return None
+
+
+def _waiting(push: Push, request: PushRequest) -> JourneyStatus:
+    """The status of a push sent ahead whose journey has not run yet: it starts when the
+    trigger window ends (or, its start failed, when the repair loop makes it), and stage 1 is
+    due at the window's end plus its `after` (relance.schedule), counted from the accept."""
+    offsets = stage_offsets(request.resend)
+    return JourneyStatus(
+        msg_id=push.msg_id,
+        state=JourneyState.waiting,
+        next_stage=1 if offsets else None,
+        next_stage_at=push.created_at + offsets[0] if offsets else None,
+        progress=Progress(),
+        stages=[],
+    )
 
 
 @router.get("/v4/push/{msg_id}/callbacks", response_model=CallbackPage)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
@@ -356,3 +357,43 @@ async def _withdrawn_without_a_resend(stack: Stack, client: Client, msg_id: str,
     assert result.state == "cancelled"
     assert stack.fleet.messages(msg_id, 1) == []
     assert (await stack.api.get(f"/v4/push/{msg_id}")).json()["state"] == "cancelled"
+
+
+async def test_a_retried_request_id_gets_the_journey_of_its_first_body(
+    dev_server: WorkflowEnvironment,
+    tmp_path: Path,
+    task_queue: str,
+    first_start_refused: list[str],
+) -> None:
+    """A push to a tag (never sent ahead) whose start is refused is answered 503 and kept for
+    its request_id. The client retries under the same request_id with another body, to one
+    listed device: it gets the same msg_id, and the journey is the first body's (the tag's
+    whole audience), not one planned from the retry's body."""
+    client = dev_server.client
+    async with inprocess_stack(client, tmp_path, task_queue, CLICKS) as stack:
+        devices = [{"registration_id": r, "tags": ["readers"]} for r in RIDS]
+        (await stack.api.post("/v4/devices", json={"devices": devices})).raise_for_status()
+        first = {**push_body(SHORT, RIDS), "to": {"tag": ["readers"]}, "request_id": "same"}
+        refused = await stack.api.post("/v4/push", json=first)
+        assert refused.status_code == 503, refused.text
+        [msg_id] = list(_pushes(stack))
+        assert first_start_refused == [f"push-{msg_id}"]
+
+        again = {**push_body(SHORT, RIDS[:1]), "request_id": "same"}
+        retried = await stack.api.post("/v4/push", json=again)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["msg_id"] == msg_id
+        await eventually(lambda: len(stack.fleet.messages(msg_id, 0)) == len(RIDS))
+        stage_0 = await eventually(lambda: ledger.stage_result(stack.engine, msg_id, 0)[0])
+        push = ledger.get_push(stack.engine, None, msg_id)
+        handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
+        await handle.cancel()
+
+    assert sorted(m["registration_id"] for m in stack.fleet.messages(msg_id, 0)) == RIDS
+    assert sum(stage_0.values()) == len(RIDS)
+    assert push.request["to"]["tag"] == ["readers"] and push.recipients == len(RIDS)
+
+
+def _pushes(stack: Stack) -> list[str]:
+    with stack.engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT msg_id FROM push"))]
