@@ -3,7 +3,7 @@ reaches the provider; relance next to the naive peer (bench/naive_peer.py), both
 Temporal dev server and the same fake FCM, in the same run.
 
     .venv/bin/python bench/bench_small_pushes.py --pushes 1000 --concurrency 20 \\
-        --temporal-pragmas default|wal [--rounds 2] [--send-ahead] [--profile bench/profiles/raw]
+        --temporal-pragmas default|wal [--rounds 2] [--no-send-ahead] [--profile bench/profiles/raw]
 
 Per side: pushes/s to the provider (N / from the first POST to the last arrival at the fake),
 accepted/s (N / from the first POST to the last answer), the POST's latency, and the latency
@@ -222,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
             address,
             f"sqlite:///{tmp / 'ledger.db'}",
             fcm,
-            extra_env={"RELANCE_SEND_AHEAD": "1"} if args.send_ahead else None,
+            extra_env={"RELANCE_SEND_AHEAD": "1" if args.send_ahead else "0"},
         )
         peer_url = await harness.naive_peer(run, address, fcm)
         run.sample_rss(["api", "worker", "peer_api", "peer_worker"])
@@ -291,7 +291,7 @@ async def main(args: argparse.Namespace) -> None:
         f"(per round {[round(x, 2) for x in ratios]}; goal >= 2)"
     )
     print(
-        f"small pushes{' sent ahead (RELANCE_SEND_AHEAD=1)' if args.send_ahead else ''}: "
+        f"small pushes, send ahead {'on' if args.send_ahead else 'off (RELANCE_SEND_AHEAD=0)'}: "
         f"{args.pushes} pushes of one device, {args.concurrency} concurrent POSTs, "
         f"temporal pragmas {args.temporal_pragmas}, {args.rounds} round(s)"
     )
@@ -322,8 +322,10 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument(
         "--send-ahead",
-        action="store_true",
-        help="relance with RELANCE_SEND_AHEAD=1: stage 0 by the worker, the journey delayed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="relance with send ahead (the default; --no-send-ahead: RELANCE_SEND_AHEAD=0, the "
+        "journey sends stage 0 itself)",
     )
     parser.add_argument(
         "--paced-pushes",

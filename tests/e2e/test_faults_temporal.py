@@ -5,15 +5,22 @@ seconds after the later of its planned time and the server's return; while the s
 `POST /v4/push` answers 503 in EngageLab's shape and /healthz says `temporal: false`, and both
 processes come back by themselves. On SQLite and on PostgreSQL ledgers.
 
+Both kinds of journey wait through the outage: pushes to listed devices are sent ahead (the
+default: a worker sent their stage 0, and Temporal holds their journeys' delayed starts), and a
+push to a tag sends stage 0 from its journey, which then waits on a timer. A push that can be
+sent ahead needs no Temporal to be accepted: during the outage it is answered 200, its stage 0
+goes out, and the API's repair loop starts its journey once the server is back.
+
 The Temporal server is the dev server as `relance dev` runs it (cli.temporal_dev_command): its
 state (histories, timers) is in its SQLite file, so a timer due while it was down fires when it
 is back. Durations are scaled down: resend windows of seconds, an outage of about 10 s (what
 the API takes to refuse a push: its Temporal client retries the start for up to 10 s, then 503).
 
-A push accepted during the outage: with a `request_id` it stays recorded (the 503 says "retry
-the same request"); the client that retries it after the outage gets the same msg_id, and the
-one nobody retries is started by the API's journey repair loop (here every 0.5 s for pushes
-older than 2 s). Each is sent exactly once. Without a `request_id` nothing is kept."""
+A push to a tag accepted during the outage: with a `request_id` it stays recorded (the 503
+says "retry the same request"); the client that retries it after the outage gets the same
+msg_id, and the one nobody retries is started by the API's journey repair loop (here every
+0.5 s for pushes older than 2 s). Each is sent exactly once. Without a `request_id` nothing
+is kept."""
 
 import asyncio
 import signal
@@ -25,6 +32,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -34,13 +42,14 @@ from tests.e2e.faults import fresh_database, ledger_pushes, per_device, register
 from tests.stack import eventually, free_port
 
 DEVICES = [f"silent-tkill-{i}" for i in range(5)]
-# Stage 0 now; the trigger window closes 2 s later; stage 1 one second after that (due while the
-# server is down), stage 2 fourteen seconds after it (due after the server is back).
+# Stage 0 now; the trigger window closes 4 s later (the server is killed within it); stage 1
+# one second after that (due while the server is down), stage 2 twenty seconds after it (due
+# after the server is back: the outage lasts the 503s' 10 s and a little more).
 RESEND = {
-    "trigger": {"condition": "not_clicked", "within": "2s"},
+    "trigger": {"condition": "not_clicked", "within": "4s"},
     "stages": [
         {"after": "1s", "notification": {"alert": "Still there?"}},
-        {"after": "14s", "notification": {"alert": "Last call"}},
+        {"after": "20s", "notification": {"alert": "Last call"}},
     ],
 }
 REPAIR = {
@@ -91,9 +100,10 @@ def ledger_url(request: pytest.FixtureRequest) -> str | None:
     return fresh_database(request.getfixturevalue("postgres_url"))
 
 
-def push_body(request_id: str | None = None) -> dict[str, Any]:
+def push_body(request_id: str | None = None, tag: bool = False) -> dict[str, Any]:
+    """To the devices listed (sent ahead), or to their tag (stage 0 from the journey)."""
     body: dict[str, Any] = {
-        "to": {"registration_id": DEVICES},
+        "to": {"tag": ["tkill"]} if tag else {"registration_id": DEVICES},
         "body": {"notification": {"alert": "Hello"}},
         "resend": RESEND,
     }
@@ -117,6 +127,21 @@ async def arrivals(stack: Stack, msg_id: str, stage: int) -> list[float]:
     """When each device first got the stage (wall clock, at the simulator), all devices' or []."""
     rows = await _messages(stack, msg_id, stage)
     return sorted(r["received_at"] for r in rows) if len(rows) == len(DEVICES) else []
+
+
+def times(accepted: httpx.Response) -> list[float]:
+    """The push's planned stage times, from its accept."""
+    return [datetime.fromisoformat(s).timestamp() for s in accepted.json()["schedule"]]
+
+
+def ahead_rows(stack: Stack) -> list[str]:
+    """The pushes whose stage 0 a worker has yet to finish sending ahead."""
+    with stack.engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT msg_id FROM send_ahead"))]
+
+
+async def all_in(stack: Stack, msg_ids: list[str], expected: str) -> bool:
+    return all([await state(stack, m) == expected for m in msg_ids])
 
 
 async def _messages(stack: Stack, msg_id: str, stage: int) -> list[dict[str, Any]]:
@@ -154,34 +179,38 @@ async def run_the_outage(stack: Stack, server: TemporalServer) -> None:
     await register(stack, DEVICES, "tkill")
     planned: dict[str, list[float]] = {}
     async with stack.api() as api:
-        for _ in range(3):
-            accepted = await api.post("/v4/push", json=push_body())
+        for body in (push_body(), push_body(), push_body(), push_body(tag=True)):
+            accepted = await api.post("/v4/push", json=body)
             assert accepted.status_code == 200, accepted.text
-            schedule = accepted.json()["schedule"]
-            planned[accepted.json()["msg_id"]] = [
-                datetime.fromisoformat(s).timestamp() for s in schedule
-            ]
+            planned[accepted.json()["msg_id"]] = times(accepted)
     journeys = list(planned)
+    assert len(ahead_rows(stack)) <= 3  # the three listed pushes were sent ahead; not the tag's
 
-    # All three sent stage 0 and wait on their timers: the server is killed.
+    # All four sent stage 0 and wait: three on their delayed starts, the tag's journey on its
+    # timer. The server is killed.
     async def stage0_everywhere() -> bool:
         return all([await arrivals(stack, m, 0) for m in journeys])
 
     await eventually(stage0_everywhere, timeout=20)
-    for msg_id in journeys:
-        assert await state(stack, msg_id) == "waiting"
+    await eventually(lambda: all_in(stack, journeys, "waiting"), timeout=5)
+    assert time.time() < min(t[1] for t in planned.values()) - 1  # killed before any stage 1
     server.kill()
     down_at = time.time()
 
-    # Down: pushes answer 503 in EngageLab's shape, /healthz says so, nothing is sent.
+    # Down: pushes to a tag answer 503 in EngageLab's shape, /healthz says so, nothing is
+    # sent. A push sent ahead is answered 200 and gets its stage 0.
     pushes_before = set(ledger_pushes(stack))
     started = time.monotonic()
-    kept, retried, dropped = await asyncio.gather(
-        post(stack, push_body("outage-nobody-retries")),
-        post(stack, push_body("outage-client-retries")),
-        post(stack, push_body()),
+    kept, retried, dropped, ahead = await asyncio.gather(
+        post(stack, push_body("outage-nobody-retries", tag=True)),
+        post(stack, push_body("outage-client-retries", tag=True)),
+        post(stack, push_body(tag=True)),
+        post(stack, push_body("outage-sent-ahead")),
     )
     took = time.monotonic() - started
+    assert ahead.status_code == 200, ahead.text
+    ahead_id = ahead.json()["msg_id"]
+    planned_ahead = times(ahead)
     for answer in (kept, retried, dropped):
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == 21503, answer.text
@@ -190,9 +219,12 @@ async def run_the_outage(stack: Stack, server: TemporalServer) -> None:
     assert await healthz_temporal(stack) is False
     # Those with a request_id stay recorded (a retry converges on them); the other is gone.
     outage_pushes = set(ledger_pushes(stack)) - pushes_before
-    assert len(outage_pushes) == 2, outage_pushes
+    assert len(outage_pushes) == 3 and ahead_id in outage_pushes, outage_pushes
+    await eventually(lambda: arrivals(stack, ahead_id, 0), timeout=10)  # stage 0, still down
+    assert await state(stack, ahead_id) == "waiting"
+    assert await healthz_temporal(stack) is False
     await asyncio.sleep(max(0.0, down_at + 6 - time.time()))  # an outage of at least 6 s
-    for msg_id in journeys:
+    for msg_id in [*journeys, ahead_id]:
         assert await _messages(stack, msg_id, 1) == [], "a stage was sent while Temporal was down"
 
     # Back on the same file and port; the API and the worker are not touched.
@@ -203,16 +235,13 @@ async def run_the_outage(stack: Stack, server: TemporalServer) -> None:
     await eventually(lambda: healthz_temporal(stack), timeout=15)
 
     async with stack.api() as api:
-        again = await api.post("/v4/push", json=push_body("outage-client-retries"))
+        again = await api.post("/v4/push", json=push_body("outage-client-retries", tag=True))
     assert again.status_code == 200, again.text
     retried_msg_id = again.json()["msg_id"]
     assert retried_msg_id in outage_pushes
     journeys += sorted(outage_pushes)
 
-    async def all_completed() -> bool:
-        return all([await state(stack, m) == "completed" for m in journeys])
-
-    await eventually(all_completed, timeout=60)
+    await eventually(lambda: all_in(stack, journeys, "completed"), timeout=60)
     assert set(ledger_pushes(stack)) == set(journeys)  # nothing else was made
     for msg_id in journeys:
         for stage in range(3):
@@ -223,10 +252,11 @@ async def run_the_outage(stack: Stack, server: TemporalServer) -> None:
 
     # The journeys that waited through the outage: stage 1 came due while the server was down,
     # stage 2 after it was back; each is on time, or late by the outage and LATE_BOUND at most.
-    assert all(down_at < times[1] < back_at < times[2] for times in planned.values()), planned
+    assert all(down_at < t[1] < back_at < t[2] for t in planned.values()), planned
+    assert ahead_rows(stack) == []  # every stage 0 sent ahead is done
     lateness = {}
-    for msg_id, times in planned.items():
-        for stage, at in enumerate(times):
+    for msg_id, schedule in {**planned, ahead_id: planned_ahead}.items():
+        for stage, at in enumerate(schedule):
             got = await arrivals(stack, msg_id, stage)
             due = max(at, back_at) if at > down_at else at
             assert got[0] >= at - 0.5, f"{msg_id} stage {stage} early by {at - got[0]:.1f}s"
