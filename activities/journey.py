@@ -242,6 +242,10 @@ class JourneyActivities:
         )
         if pending:
             extra["pending"] = sum(counts.get(s, 0) for s in OPEN_DELIVERIES)
+        if inp.check:
+            extra["last_sent_at"] = await asyncio.to_thread(
+                ledger.last_sent, self.engine, inp.msg_id, inp.stage
+            )
         return SendStageResult(
             stage=inp.stage,
             targeted=sum(counts.values()),

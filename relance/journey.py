@@ -213,6 +213,9 @@ class SendStageResult(StageCounts):
     config_error: str | None = None
     # A timed slot: some of its recipients are left for a later call (throttled).
     more: bool = False
+    # The check of stage 0 of a push sent ahead: when its last delivery was sent, whoever sent
+    # it (None: none was). A journey whose stage 0 went out late counts the window from it.
+    last_sent_at: datetime | None = None
 
 
 class FinishInput(BaseModel):

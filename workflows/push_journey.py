@@ -98,6 +98,7 @@ class PushJourney:
         self._condition: str | None = None  # the trigger's, for the timeline's labels
         self._observe_until: datetime | None = None  # observing after the last stage
         self._checking = False  # stage 0 was sent ahead: the journey's stage 0 only checks it
+        self._stage_0_sent_at: datetime | None = None  # ...and when that stage 0 went out
 
     @workflow.signal
     def record_progress(self, progress: Progress) -> None:
@@ -150,6 +151,8 @@ class PushJourney:
                 if plan.materialise and workflow.patched("materialise-audience"):
                     await self._materialise(plan)
                 await self._send_stage(plan, 0, sent_at)
+            if self._checking:
+                sent_at = self._window_start(plan, sent_at)
             self._next_stage = 1
         elif sent_at is None:
             # Cancelled before its first workflow task (a push sent ahead, withdrawn within its
@@ -184,6 +187,21 @@ class PushJourney:
             self._next_stage = stage + 1
         await self._observe(plan, carry, {"next_stage": len(offsets) + 1, "sent_at": sent_at})
         return await self._finish(plan)
+
+    def _window_start(self, plan: JourneyPlan, accepted_at: datetime) -> datetime:
+        """When the trigger window of a push sent ahead starts: at the accept, as planned,
+        unless its stage 0 went out late (no worker ran for a while, or the journey sent it
+        itself when the window ended); then at stage 0's last send, so that its recipients
+        get the whole window to act before a resend. Late means by more than a tenth of the
+        window, at least a second and at most a minute: a stage 0 that left on time moves no
+        stage, and the times the POST answered hold."""
+        sent = self._stage_0_sent_at
+        grace = timedelta(seconds=min(max(plan.within_seconds / 10, 1.0), 60.0))
+        if sent is None or sent - accepted_at <= grace:
+            return accepted_at
+        if not workflow.patched("send-ahead-late-stage-0"):
+            return accepted_at  # a journey that ran before: the window from the accept
+        return sent
 
     async def _observe(self, plan: JourneyPlan, carry: JourneyCarry, then: dict[str, Any]) -> None:
         """After the last stage, keep observing for the observation window (clicks, displays
@@ -456,6 +474,8 @@ class PushJourney:
         self._take(result.progress)  # the send's own reading of the ledger
         if result.config_error and result.sent == 0:
             self._error = result.config_error
+        if stage == 0 and result.last_sent_at is not None:
+            self._stage_0_sent_at = result.last_sent_at
         # The stage's summary: new, or (a later group of variants) its counts, now absolute.
         self._record(stage, scheduled_at, started, result)
 

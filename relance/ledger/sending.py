@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, insert, literal
@@ -481,6 +482,19 @@ def _record(session: Session, msg_id: str, stage: int, outcomes: list[SendOutcom
     session.flush()
     bump_counts(session, msg_id, counts)
     return queued
+
+
+def last_sent(engine: Engine, msg_id: str, stage: int) -> datetime | None:
+    """When the stage's last delivery was sent (UTC), or None when none was."""
+    with Session(reading(engine)) as session:
+        at = session.execute(
+            sa_select(func.max(col(Delivery.sent_at))).where(
+                col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage
+            )
+        ).scalar_one_or_none()
+    if at is None:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def stage_result(engine: Engine, msg_id: str, stage: int) -> tuple[dict[str, int], Progress]:

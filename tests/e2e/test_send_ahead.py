@@ -114,7 +114,8 @@ async def test_a_push_no_worker_sent_ahead_gets_stage_0_from_its_journey_once(
     no_loop: None,
 ) -> None:
     """No worker's loop takes the push (all dead): when the window ends, the journey finds
-    stage 0 unsent and sends it itself, once. Late rather than lost."""
+    stage 0 unsent and sends it itself, once. Late rather than lost, and the window then counts
+    from that send: the recipients get their 8 s to click before stage 1, as planned."""
     client = dev_server.client
     async with inprocess_stack(client, tmp_path, task_queue, CLICKS, send_ahead=True) as stack:
         response = await stack.api.post("/v4/push", json=push_body(SHORT, RIDS))
@@ -125,11 +126,16 @@ async def test_a_push_no_worker_sent_ahead_gets_stage_0_from_its_journey_once(
         handle = client.get_workflow_handle_for(PushJourney.run, f"push-{msg_id}")
         result: JourneyResult = await handle.result()
         received = {s: stack.fleet.messages(msg_id, s) for s in (0, 1, 2)}
+        history = await handle.fetch_history()
+        await _replays(history)
 
     assert result.state == "completed"
     assert (result.stages[0].stage, result.stages[0].sent) == (0, 4)
     assert sorted(m["registration_id"] for m in received[0]) == RIDS
     assert all(len(received[s]) == len({m["registration_id"] for m in received[s]}) for s in (1, 2))
+    _window_counts_from_stage_0(received, 8 + 1)
+    if os.environ.get("RELANCE_RECORD_HISTORIES"):  # the late stage 0's path
+        (HISTORIES / "news-send-ahead-late.json").write_text(history.to_json())
 
 
 async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_it_left(
@@ -141,12 +147,12 @@ async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_i
     """A worker took the push and claimed its deliveries, then died before sending (here: the
     test takes and claims, and no loop runs). The window (1 s) ends first: the journey must
     not send beside a worker that may still be sending, so it waits for the lease (4 s) to
-    end, then takes stage 0 over; each device gets it once. Stage 1 is due 6 s after the
-    window: with a stage 0 this late (about 4-5 s), a stage 1 already due would go out at once,
-    before dev-0's click on stage 0 could come back (README "Send ahead", worker outages)."""
+    end, then takes stage 0 over; each device gets it once. Stage 0 went out about 4 s late, so
+    the window counts from that send: stage 1 comes 1 s + 1 s after it (not at once, as when
+    the window counted from the accept), and skips dev-0, whose click came back meanwhile."""
     resend = {
         "trigger": {"condition": "not_clicked", "within": "1s"},
-        "stages": [{"after": "6s", "notification": {"title": "Still on"}}],
+        "stages": [{"after": "1s", "notification": {"title": "Still on"}}],
         "observe": "0s",
     }
     client = dev_server.client
@@ -168,6 +174,15 @@ async def test_a_journey_waits_for_a_worker_that_holds_stage_0_then_sends_what_i
     assert result.state == "completed"
     assert sorted(m["registration_id"] for m in received[0]) == RIDS
     assert sorted(m["registration_id"] for m in received[1]) == RIDS[1:]
+    _window_counts_from_stage_0(received, 1 + 1)
+
+
+def _window_counts_from_stage_0(received: dict[int, list[dict[str, Any]]], wait: float) -> None:
+    """Stage 1 reached its first device no sooner than `wait` (the window and stage 1's
+    `after`) after stage 0 reached its last: the window counted from stage 0's late send."""
+    last_0 = max(m["received_at"] for m in received[0])
+    first_1 = min(m["received_at"] for m in received[1])
+    assert first_1 - last_0 >= wait - 0.3, (first_1 - last_0, wait)
 
 
 async def test_a_push_withdrawn_within_its_window_ends_cancelled_without_a_resend(
