@@ -14,12 +14,13 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from relance import ledger
-from relance.db import Push, utcnow
+from relance.db import App, Push, utcnow
 from relance.describe import JourneyLabels, journey_labels
 from relance.journey import JourneyInput, JourneyPlan, JourneyResult, can_send_ahead, plan_for
 from relance.models import PushRequest
 from relance.settings import Settings
 from relance.states import JourneyState
+from relance.timing import AppPolicy, timing_for
 from workflows.push_journey import PushJourney, search_attributes
 
 log = logging.getLogger("relance.api")
@@ -62,11 +63,16 @@ async def start_journey(
     )
 
 
-def journey_plan(settings: Settings, push: Push, request: PushRequest) -> JourneyPlan:
+def journey_plan(
+    settings: Settings, push: Push, request: PushRequest, policy: AppPolicy
+) -> JourneyPlan:
     """The plan of a recorded push, for a journey started after its POST: by the repair loop,
-    or by a cancel that finds none. A push sent ahead (the same decision the API took) gets
-    its journey's stage-0 check, which sends only what no worker holds or has sent."""
-    plan = plan_for(push.msg_id, push.app_key, request)
+    or by a cancel that finds none. Its timing is the app's `policy` with the push's options,
+    as the POST had it (a push held by quiet hours or a send_at stays held). A push sent
+    ahead (the same decision the API took) gets its journey's stage-0 check, which sends only
+    what no worker holds or has sent."""
+    timing = timing_for(policy, request.body.options.overrides())
+    plan = plan_for(push.msg_id, push.app_key, request, timing)
     if settings.send_ahead and can_send_ahead(plan, request):
         plan.sent_ahead_at = push.created_at
     return plan
@@ -129,16 +135,21 @@ async def repair_journeys(
         now - timedelta(seconds=settings.journey_repair_after_seconds),
     )
     checked = 0
+    apps: dict[str, App] = {}
     for push in pushes:
         if push.msg_id in confirmed:
             continue
         request = PushRequest.model_validate(push.request)
+        if push.app_key not in apps:
+            apps[push.app_key] = await run_in_threadpool(ledger.get_app, engine, push.app_key)
+        app = apps[push.app_key]
+        plan = journey_plan(settings, push, request, ledger.policy_of(app))
         try:
             await start_journey(
                 client,
                 settings.task_queue,
-                journey_plan(settings, push, request),
-                journey_labels(push.msg_id, request),
+                plan,
+                journey_labels(push.msg_id, request, plan.timing, app.name),
             )
         except WorkflowAlreadyStartedError:
             pass  # it ran to its end

@@ -246,7 +246,7 @@ async def get_push(msg_id: str, app: AppDep, ctx: ContextDep) -> PushStatusOut:
     funnel = await run_in_threadpool(ledger.funnel, ctx.engine, msg_id)
     state, next_stage, next_at, release_at, observe = push.state, None, None, None, None
     if push.state not in TERMINAL_STATES and ctx.client is not None:
-        live = await _live_status(ctx, push)
+        live = await _live_status(ctx, app, push)
         if live is not None:
             state, next_stage, next_at = live.state, live.next_stage, live.next_stage_at
             release_at, observe = live.next_release_at, live.observe_until
@@ -288,17 +288,15 @@ def _timing(app: App, request: PushRequest) -> Timing | None:
     return timing_for(policy_of(app), options.overrides())
 
 
-def _sent_ahead(ctx: ContextDep, push: Push) -> bool:
-    return (
-        journey_plan(ctx.settings, push, PushRequest.model_validate(push.request)).sent_ahead_at
-        is not None
-    )
+def _sent_ahead(ctx: ContextDep, app: App, push: Push) -> bool:
+    request = PushRequest.model_validate(push.request)
+    return journey_plan(ctx.settings, push, request, policy_of(app)).sent_ahead_at is not None
 
 
-async def _live_status(ctx: ContextDep, push: Push) -> JourneyStatus | None:
+async def _live_status(ctx: ContextDep, app: App, push: Push) -> JourneyStatus | None:
     assert ctx.client is not None
     request = PushRequest.model_validate(push.request)
-    plan = journey_plan(ctx.settings, push, request)
+    plan = journey_plan(ctx.settings, push, request, policy_of(app))
     created = push.created_at if push.created_at.tzinfo else push.created_at.replace(tzinfo=UTC)
     ahead = plan.sent_ahead_at is not None
     if ahead and utcnow() < created + timedelta(seconds=plan.within_seconds):
@@ -354,10 +352,10 @@ async def list_callbacks(
     )
 
 
-async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> None:
+async def _stop(ctx: ContextDep, app: App, msg_id: str, again_ok: bool) -> None:
     """Signal the journey to stop pending resends. A push already withdrawn is fine when
     `again_ok`; a journey that ended otherwise answers 409."""
-    push = await run_in_threadpool(ledger.get_push, ctx.engine, app_key, msg_id)
+    push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     if push.state in TERMINAL_STATES:
         if again_ok and push.state == JourneyState.cancelled:
             return
@@ -367,19 +365,19 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
     try:
         description = await handle.describe()
     except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND or not _sent_ahead(ctx, push):
+        if exc.status != RPCStatusCode.NOT_FOUND or not _sent_ahead(ctx, app, push):
             raise
         # Sent ahead, and its journey's start failed (the repair loop has not made it yet):
         # started here, as the repair loop would, so that it can be told to stop.
         request = PushRequest.model_validate(push.request)
-        plan = journey_plan(ctx.settings, push, request)
+        plan = journey_plan(ctx.settings, push, request, policy_of(app))
         await start_journey(
             temporal(ctx), ctx.settings.task_queue, plan, journey_labels(msg_id, request)
         )
         description = await handle.describe()
     if description.status != WorkflowExecutionStatus.RUNNING:
         if again_ok and description.status == WorkflowExecutionStatus.COMPLETED:
-            push = await run_in_threadpool(ledger.get_push, ctx.engine, app_key, msg_id)
+            push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
             if push.state == JourneyState.cancelled:
                 return
         raise ApiError(409, "msg_id: the journey already ended", "msg_id")
@@ -389,7 +387,7 @@ async def _stop(ctx: ContextDep, app_key: str, msg_id: str, again_ok: bool) -> N
 @router.delete("/v4/push/{msg_id}", response_model=Cancelled, responses=responses(409))
 async def cancel_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Cancelled:
     """Stop the pending resends of a push; its journey ends as cancelled."""
-    await _stop(ctx, app.app_key, msg_id, again_ok=False)
+    await _stop(ctx, app, msg_id, again_ok=False)
     return Cancelled(msg_id=msg_id, state="cancelling")
 
 
@@ -410,6 +408,6 @@ async def withdraw_push(msg_id: str, app: AppDep, ctx: ContextDep) -> Withdrawn:
     does. It does not take back a notification a device already received. Withdrawing again
     answers the same (a retry after a lost answer must not fail); a journey that already ended
     by itself answers 409, as there is nothing left to withdraw."""
-    await _stop(ctx, app.app_key, msg_id, again_ok=True)
+    await _stop(ctx, app, msg_id, again_ok=True)
     push = await run_in_threadpool(ledger.get_push, ctx.engine, app.app_key, msg_id)
     return Withdrawn(request_id=push.request_id, msg_id=msg_id)

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from api.journeys import start_journey
+from api.journeys import repair_journeys, start_journey
 from relance import ledger
 from relance.binaries import SEARCH_ATTRIBUTES, temporal_test_server
 from relance.journey import JourneyResult, SendStageInput, SendStageResult, plan_for
@@ -436,6 +436,35 @@ async def test_send_at_holds_stage_0_and_resends_count_from_it(
     assert inp1.scheduled_at == send_at + timedelta(hours=2)  # within 1h + after 1h
     assert timedelta(0) <= at0 - send_at < timedelta(seconds=5)  # slept until then
     assert timedelta(0) <= at1 - (send_at + timedelta(hours=2)) < timedelta(seconds=5)
+    assert [s.sent for s in result.funnel.stages] == [1, 1]
+
+
+async def test_a_held_push_whose_api_died_before_its_start_is_repaired_still_held(
+    clock_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    """The API recorded a push with a send_at and died before starting its journey: the
+    repair loop starts it with the push's timing, so stage 0 still waits for its send_at
+    (the repair used to plan it without timing, and stage 0 went out at once)."""
+    resend = {"trigger": {"condition": "not_clicked", "within": "1h"}, "stages": [{"after": "1h"}]}
+    async with inprocess_stack(clock_env.client, tmp_path, task_queue, NO_CLICKS) as stack:
+        await register(stack, {"r-1": "Europe/Paris"})
+        now = await clock_env.get_current_time()
+        send_at = (now + timedelta(hours=3)).replace(microsecond=0)
+        request = PushRequest.model_validate(body(["r-1"], resend, send_at=send_at.isoformat()))
+        msg_id = ledger.accept_push(stack.engine, stack.app_key, request).push.msg_id
+        settings = stack.settings.model_copy(update={"journey_repair_after_seconds": 0})
+        confirmed: set[str] = set()
+        assert await repair_journeys(clock_env.client, stack.engine, settings, confirmed) == 1
+        assert confirmed == {msg_id}
+        await clock_env.sleep(timedelta(hours=2))
+        assert stack.fleet.messages(msg_id, 0) == []  # not before send_at
+        result, history = await finish(clock_env, msg_id, timedelta(hours=4))
+
+    assert result.state == "completed"
+    (at0, inp0, _), (at1, inp1, _) = slot_sends(history)
+    assert inp0.held and inp0.scheduled_at == send_at
+    assert timedelta(0) <= at0 - send_at < timedelta(seconds=5)
+    assert inp1.scheduled_at == send_at + timedelta(hours=2)
     assert [s.sent for s in result.funnel.stages] == [1, 1]
 
 
