@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.errors import ApiError
-from api.journeys import AheadStarts
+from api.journeys import AheadStarts, Repairs
 from api.ratelimit import RateLimiter, check
 from api.signals import SignalCoalescer
 from relance import ledger
@@ -79,6 +79,11 @@ class Context:
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     # Journeys of pushes sent ahead whose start is in flight (README "Send ahead").
     ahead_starts: AheadStarts = field(default_factory=AheadStarts)
+    # What the journey repair loop knows: the journeys this process started, how far it got.
+    repairs: Repairs = field(default_factory=Repairs)
+
+    def __post_init__(self) -> None:
+        self.ahead_starts.repairs = self.repairs
 
 
 def get_context(request: Request) -> Context:

@@ -4,7 +4,7 @@ and the repair of a push recorded whose journey never started (its API was kille
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from fastapi.concurrency import run_in_threadpool
@@ -85,9 +85,10 @@ class AheadStarts:
     what is left of the window. At most `limit` starts are in flight: beyond, a POST waits for
     a place, so a slow Temporal slows the API down instead of piling starts up in memory."""
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 64, repairs: "Repairs | None" = None) -> None:
         self.slots = asyncio.Semaphore(limit)
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.repairs = repairs  # told of each start made, so that its loop skips the push
 
     async def start(
         self, client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
@@ -101,9 +102,8 @@ class AheadStarts:
         self.tasks.pop(msg_id, None)
         self.slots.release()
 
-    @staticmethod
     async def _start(
-        client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
+        self, client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
     ) -> None:
         try:
             await start_journey(client, task_queue, plan, labels)
@@ -111,6 +111,9 @@ class AheadStarts:
             pass  # it ran to its end
         except Exception as exc:  # noqa: BLE001 — the repair loop starts it once Temporal answers
             log.warning("journey of push %s not started yet (sent ahead): %s", plan.msg_id, exc)
+            return
+        if self.repairs is not None and plan.sent_ahead_at is not None:
+            self.repairs.started[plan.msg_id] = plan.sent_ahead_at
 
     async def settled(self, msg_id: str) -> None:
         """Once this process's start of the push's journey, if any, has ended."""
@@ -119,59 +122,103 @@ class AheadStarts:
             await asyncio.wait([task])
 
 
+PAGE = 500  # unfinished pushes read at a time by the repair loop
+
+
+class Repairs:
+    """What this API process's repair loop knows. `started`: the journeys this process's POSTs
+    started (msg_id -> the push's created_at): a push whose POST started its journey needs no
+    repair, so the loop skips it without asking Temporal. `after`: how far through the
+    unfinished pushes the loop has looked (created_at, msg_id), so each pass goes on from
+    there. Before both, every push cost one more start (USE_EXISTING) 30 s after its POST,
+    and a pass read the same 500 oldest unfinished pushes again and again: with more than
+    500 journeys waiting, a push whose API died was never reached."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, datetime] = {}
+        self.after: tuple[datetime, str] | None = None
+
+    def saw_started(self, push: Push) -> None:
+        self.started[push.msg_id] = push.created_at
+
+    def _passed(self, push: Push) -> None:
+        self.after = (push.created_at, push.msg_id)
+        self.started.pop(push.msg_id, None)
+
+    def _forget_behind(self, floor: datetime) -> None:
+        """Drop what the loop will not look at again: started before the cursor or the window
+        (a push that ended before the loop reached it is never listed, so never popped)."""
+        edge = max(floor, self.after[0]) if self.after else floor
+        edge = _naive(edge)
+        for msg_id in [m for m, at in self.started.items() if _naive(at) < edge]:
+            del self.started[msg_id]
+
+
+def _naive(at: datetime) -> datetime:
+    """UTC without tzinfo: SQLite hands created_at back naive, PostgreSQL aware."""
+    return at.replace(tzinfo=None) if at.tzinfo else at
+
+
 async def repair_journeys(
-    client: Client, engine: Engine, settings: Settings, confirmed: set[str]
+    client: Client, engine: Engine, settings: Settings, repairs: Repairs, calls: int = 500
 ) -> int:
     """Start the journey of every push recorded between `journey_repair_window_seconds` and
-    `journey_repair_after_seconds` ago whose journey has not ended, unless this process already
-    saw it started (`confirmed`). USE_EXISTING makes this a no-op for a journey that runs, and
-    REJECT_DUPLICATE for one that ended: only a push whose API died between recording it and
-    starting its journey gets one. Returns how many pushes were looked at."""
+    `journey_repair_after_seconds` ago whose journey has not ended, unless this process saw it
+    started, going on from where the last pass ended. USE_EXISTING makes a start a no-op for a
+    journey that runs, and REJECT_DUPLICATE for one that ended: only a push whose API died
+    between recording it and starting its journey (or whose start Temporal refused) gets one.
+    At most `calls` starts per pass (after an API restart, every push in the window is one).
+    A start that fails ends the pass there, so the next pass tries that push again. Returns
+    how many starts it made."""
     now = utcnow()
-    pushes = await run_in_threadpool(
-        ledger.unfinished_pushes,
-        engine,
-        now - timedelta(seconds=settings.journey_repair_window_seconds),
-        now - timedelta(seconds=settings.journey_repair_after_seconds),
-    )
-    checked = 0
+    floor = now - timedelta(seconds=settings.journey_repair_window_seconds)
+    upto = now - timedelta(seconds=settings.journey_repair_after_seconds)
+    made = 0
     apps: dict[str, App] = {}
-    for push in pushes:
-        if push.msg_id in confirmed:
-            continue
-        request = PushRequest.model_validate(push.request)
-        if push.app_key not in apps:
-            apps[push.app_key] = await run_in_threadpool(ledger.get_app, engine, push.app_key)
-        app = apps[push.app_key]
-        plan = journey_plan(settings, push, request, ledger.policy_of(app))
-        try:
-            await start_journey(
-                client,
-                settings.task_queue,
-                plan,
-                journey_labels(push.msg_id, request, plan.timing, app.name),
-            )
-        except WorkflowAlreadyStartedError:
-            pass  # it ran to its end
-        confirmed.add(push.msg_id)
-        checked += 1
-    if len(confirmed) > 100_000:  # older than the window by now: looked at no more
-        confirmed.clear()
-    return checked
+    while True:
+        after = repairs.after
+        if after is None or _naive(after[0]) < _naive(floor):
+            after = (floor, "")
+        pushes = await run_in_threadpool(ledger.unfinished_pushes, engine, after, upto, PAGE)
+        for push in pushes:
+            if push.msg_id not in repairs.started:
+                if made >= calls:
+                    break
+                request = PushRequest.model_validate(push.request)
+                if push.app_key not in apps:
+                    apps[push.app_key] = await run_in_threadpool(
+                        ledger.get_app, engine, push.app_key
+                    )
+                app = apps[push.app_key]
+                plan = journey_plan(settings, push, request, ledger.policy_of(app))
+                made += 1
+                try:
+                    await start_journey(
+                        client,
+                        settings.task_queue,
+                        plan,
+                        journey_labels(push.msg_id, request, plan.timing, app.name),
+                    )
+                except WorkflowAlreadyStartedError:
+                    pass  # it ran to its end
+            repairs._passed(push)
+        if made >= calls or len(pushes) < PAGE:
+            break
+    repairs._forget_behind(floor)
+    return made
 
 
 async def repair_journeys_forever(
-    get_client: Callable[[], Client | None], engine: Engine, settings: Settings
+    get_client: Callable[[], Client | None], engine: Engine, settings: Settings, repairs: Repairs
 ) -> None:
     """The API's repair loop (see repair_journeys): every `journey_repair_interval_seconds`,
     while Temporal is reachable."""
-    confirmed: set[str] = set()
     while True:
         await asyncio.sleep(settings.journey_repair_interval_seconds)
         client = get_client()
         if client is None:
             continue
         try:
-            await repair_journeys(client, engine, settings, confirmed)
+            await repair_journeys(client, engine, settings, repairs)
         except Exception as exc:  # noqa: BLE001 — Temporal or the ledger is down: next round
             log.warning("journey repair skipped a round: %s", exc)

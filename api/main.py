@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         tasks = [
             asyncio.create_task(_connect()),
             asyncio.create_task(context.coalescer.run()),
-            asyncio.create_task(repair_journeys_forever(lambda: context.client, engine, settings)),
+            asyncio.create_task(
+                repair_journeys_forever(lambda: context.client, engine, settings, context.repairs)
+            ),
         ]
         yield
         # The starts of journeys sent ahead that are in flight: a few seconds to end (after

@@ -105,7 +105,12 @@ class DeviceTag(SQLModel, table=True):
 
 
 class Push(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("app_key", "request_id"),)
+    __table_args__ = (
+        UniqueConstraint("app_key", "request_id"),
+        # /metrics counts journeys by state at every scrape, and the repair loop pages through
+        # the unfinished ones by creation (relance.ledger.unfinished_pushes).
+        Index("ix_push_state_created", "state", "created_at", "msg_id"),
+    )
 
     msg_id: str = Field(primary_key=True, max_length=64)
     app_key: str = Field(index=True, max_length=64)
@@ -113,8 +118,7 @@ class Push(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     condition: str | None = Field(default=None, max_length=32)
     stage_count: int = 0
-    # Indexed: /metrics counts journeys by state at every scrape.
-    state: str = Field(default="accepted", max_length=32, index=True)
+    state: str = Field(default="accepted", max_length=32)  # indexed with created_at, above
     # Why the journey failed, in words a human can act on (e.g. the provider's credentials).
     error: str | None = Field(default=None, max_length=500)
     recipients: int = 0

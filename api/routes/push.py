@@ -192,6 +192,7 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
         return _accepted(push, request, accepted.created)
     try:
         await start_journey(client, ctx.settings.task_queue, plan, labels)
+        ctx.repairs.saw_started(push)
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
     except Exception as exc:

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, update
+from sqlalchemy import and_, bindparam, delete, func, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -260,21 +260,27 @@ def forget_push(engine: Engine, msg_id: str, sent_ahead: bool = False) -> bool:
 
 
 def unfinished_pushes(
-    engine: Engine, created_after: datetime, created_before: datetime, limit: int = 500
+    engine: Engine,
+    after: tuple[datetime, str],
+    created_before: datetime,
+    limit: int = 500,
 ) -> list[Push]:
-    """Pushes recorded between the two times whose journey has not ended (their ledger state
-    is still `accepted` until it does), oldest first: the candidates for a journey that an API
-    killed between recording a push and starting its journey never started."""
+    """Pushes whose journey has not ended (their ledger state is still `accepted` until it
+    does), recorded after `after` (created_at, msg_id: where the last page ended) and no later
+    than `created_before`, in that order: the candidates for a journey that an API killed
+    between recording a push and starting its journey never started."""
+    at, msg_id = after
+    created = col(Push.created_at)
     with Session(reading(engine)) as session:
         return list(
             session.exec(
                 select(Push)
                 .where(
                     Push.state == JourneyState.accepted.value,
-                    col(Push.created_at) > created_after,
-                    col(Push.created_at) <= created_before,
+                    or_(created > at, and_(created == at, col(Push.msg_id) > msg_id)),
+                    created <= created_before,
                 )
-                .order_by(col(Push.created_at))
+                .order_by(created, col(Push.msg_id))
                 .limit(limit)
             )
         )

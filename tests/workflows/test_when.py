@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from api.journeys import repair_journeys, start_journey
+from api.journeys import Repairs, repair_journeys, start_journey
 from relance import ledger
 from relance.binaries import SEARCH_ATTRIBUTES, temporal_test_server
 from relance.journey import JourneyResult, SendStageInput, SendStageResult, plan_for
@@ -453,9 +453,9 @@ async def test_a_held_push_whose_api_died_before_its_start_is_repaired_still_hel
         request = PushRequest.model_validate(body(["r-1"], resend, send_at=send_at.isoformat()))
         msg_id = ledger.accept_push(stack.engine, stack.app_key, request).push.msg_id
         settings = stack.settings.model_copy(update={"journey_repair_after_seconds": 0})
-        confirmed: set[str] = set()
-        assert await repair_journeys(clock_env.client, stack.engine, settings, confirmed) == 1
-        assert confirmed == {msg_id}
+        repairs = Repairs()
+        assert await repair_journeys(clock_env.client, stack.engine, settings, repairs) == 1
+        assert repairs.after is not None and repairs.after[1] == msg_id
         await clock_env.sleep(timedelta(hours=2))
         assert stack.fleet.messages(msg_id, 0) == []  # not before send_at
         result, history = await finish(clock_env, msg_id, timedelta(hours=4))
