@@ -11,8 +11,10 @@ their scheduled time at p99.
 How the journeys are made: each is a push of one device with a resend policy
 `within: <w>s, stages: [{after: 1s}]`, written to the ledger with `ledger.accept_push` and
 started with `api.journeys.start_journey`, many at once (what `POST /v4/push` does, without
-its HTTP; this bench measures timers, not accepting). Stage 0 goes out at once; `w` is chosen
-per push so that stage 1 is due at a slot of [T, T + window], T = the start of creation +
+its HTTP; this bench measures timers, not accepting). Stage 0 goes out at once (with
+--send-ahead, from the workers' send-ahead loop, and each journey waits on its delayed start
+until the window's end, then on a 1 s timer for stage 1, as small pushes do by default); `w`
+is chosen per push so that stage 1 is due at a slot of [T, T + window], T = the start of creation +
 N / --relance-rate + --lead: every journey is waiting when the first one fires (the run
 prints by how much the last creation beat T). Slots are spread evenly and dealt in a random
 order, so lateness is not tied to the order of creation.
@@ -292,12 +294,18 @@ async def relance_phase(
             phase.overrun += 1
             within = max(within, 0.001)
         request = PushRequest.model_validate(push_body(token, within))
-        accepted = await asyncio.to_thread(ledger.accept_push, engine, app_key, request)
+        accepted = await asyncio.to_thread(
+            ledger.accept_push, engine, app_key, request, args.send_ahead
+        )
         msg_id = accepted.push.msg_id
-        await start_journey(client, "relance", plan_for(msg_id, app_key, request))
+        plan = plan_for(msg_id, app_key, request)
+        if args.send_ahead:  # as the API plans it: the journey's start delayed to the window end
+            plan.sent_ahead_at = accepted.push.created_at
+        await start_journey(client, "relance", plan)
         intended[workflow_id(msg_id)] = due[i]
 
-    print(f"relance: creating {args.journeys} journeys", flush=True)
+    sent = " sent ahead" if args.send_ahead else ""
+    print(f"relance: creating {args.journeys} journeys{sent}", flush=True)
     phase.created_first, phase.created_last = await create_all(
         args.journeys, args.concurrency, make, "relance"
     )
@@ -500,5 +508,11 @@ if __name__ == "__main__":
     parser.add_argument("--history-sample", type=int, default=200)
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument(
+        "--send-ahead",
+        action="store_true",
+        help="the journeys sent ahead, as small pushes are by default: a worker sends stage 0, "
+        "each journey waits on its delayed start (the window's end), then on stage 1's timer",
+    )
     parser.add_argument("--temporal-pragmas", choices=sorted(harness.PRAGMAS), default="wal")
     asyncio.run(main(parser.parse_args()))
