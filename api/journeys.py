@@ -148,8 +148,7 @@ class Repairs:
     def _forget_behind(self, floor: datetime) -> None:
         """Drop what the loop will not look at again: started before the cursor or the window
         (a push that ended before the loop reached it is never listed, so never popped)."""
-        edge = max(floor, self.after[0]) if self.after else floor
-        edge = _naive(edge)
+        edge = max(_naive(floor), _naive(self.after[0])) if self.after else _naive(floor)
         for msg_id in [m for m, at in self.started.items() if _naive(at) < edge]:
             del self.started[msg_id]
 
