@@ -17,6 +17,7 @@ from relance import ledger
 from relance.db import App, Push, utcnow
 from relance.describe import JourneyLabels, journey_labels
 from relance.journey import JourneyInput, JourneyPlan, JourneyResult, can_send_ahead, plan_for
+from relance.ledger.outbox import utc
 from relance.models import PushRequest
 from relance.settings import Settings
 from relance.states import JourneyState
@@ -85,10 +86,10 @@ class AheadStarts:
     what is left of the window. At most `limit` starts are in flight: beyond, a POST waits for
     a place, so a slow Temporal slows the API down instead of piling starts up in memory."""
 
-    def __init__(self, limit: int = 64, repairs: "Repairs | None" = None) -> None:
+    def __init__(self, limit: int = 64) -> None:
         self.slots = asyncio.Semaphore(limit)
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.repairs = repairs  # told of each start made, so that its loop skips the push
+        self.repairs: Repairs | None = None  # told of each start made, so its loop skips it
 
     async def start(
         self, client: Client, task_queue: str, plan: JourneyPlan, labels: JourneyLabels
@@ -113,7 +114,7 @@ class AheadStarts:
             log.warning("journey of push %s not started yet (sent ahead): %s", plan.msg_id, exc)
             return
         if self.repairs is not None and plan.sent_ahead_at is not None:
-            self.repairs.started[plan.msg_id] = plan.sent_ahead_at
+            self.repairs.saw_started(plan.msg_id, plan.sent_ahead_at)
 
     async def settled(self, msg_id: str) -> None:
         """Once this process's start of the push's journey, if any, has ended."""
@@ -138,8 +139,8 @@ class Repairs:
         self.started: dict[str, datetime] = {}
         self.after: tuple[datetime, str] | None = None
 
-    def saw_started(self, push: Push) -> None:
-        self.started[push.msg_id] = push.created_at
+    def saw_started(self, msg_id: str, created_at: datetime) -> None:
+        self.started[msg_id] = created_at
 
     def _passed(self, push: Push) -> None:
         self.after = (push.created_at, push.msg_id)
@@ -148,14 +149,9 @@ class Repairs:
     def _forget_behind(self, floor: datetime) -> None:
         """Drop what the loop will not look at again: started before the cursor or the window
         (a push that ended before the loop reached it is never listed, so never popped)."""
-        edge = max(_naive(floor), _naive(self.after[0])) if self.after else _naive(floor)
-        for msg_id in [m for m, at in self.started.items() if _naive(at) < edge]:
+        edge = max(floor, utc(self.after[0])) if self.after else floor
+        for msg_id in [m for m, at in self.started.items() if utc(at) < edge]:
             del self.started[msg_id]
-
-
-def _naive(at: datetime) -> datetime:
-    """UTC without tzinfo: SQLite hands created_at back naive, PostgreSQL aware."""
-    return at.replace(tzinfo=None) if at.tzinfo else at
 
 
 async def repair_journeys(
@@ -176,7 +172,7 @@ async def repair_journeys(
     apps: dict[str, App] = {}
     while True:
         after = repairs.after
-        if after is None or _naive(after[0]) < _naive(floor):
+        if after is None or utc(after[0]) < floor:
             after = (floor, "")
         pushes = await run_in_threadpool(ledger.unfinished_pushes, engine, after, upto, PAGE)
         for push in pushes:

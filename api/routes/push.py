@@ -1,7 +1,7 @@
 """POST /v4/push and friends: accept a push, start its journey, query and stop it."""
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +19,7 @@ from relance.db import App, Push, utcnow
 from relance.describe import journey_labels
 from relance.journey import Funnel, JourneyStatus, Progress, can_send_ahead, plan_for
 from relance.ledger.apps import policy_of
+from relance.ledger.outbox import utc
 from relance.models import PushAccepted, PushRequest
 from relance.report import Report
 from relance.schedule import stage_offsets, stage_times
@@ -176,10 +177,10 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
         # A retry of a request_id already recorded: its journey is the first request's, whatever
         # this body says (a client that changed the body under the same request_id gets the
         # push it first made, as from EngageLab, never a journey planned from the new body).
+        # Planned as the repair loop plans a recorded push.
         request = PushRequest.model_validate(push.request)
-        timing = timing_for(policy_of(app), request.body.options.overrides())
-        plan = plan_for("", app.app_key, request, timing)
-        ahead = ctx.settings.send_ahead and can_send_ahead(plan, request)
+        plan = journey_plan(ctx.settings, push, request, policy_of(app))
+        timing, ahead = plan.timing, plan.sent_ahead_at is not None
     labels = journey_labels(push.msg_id, request, timing, app.name)
     plan.msg_id = push.msg_id
     if ahead:
@@ -192,7 +193,7 @@ async def accept_and_start(ctx: ContextDep, app: App, request: PushRequest) -> P
         return _accepted(push, request, accepted.created)
     try:
         await start_journey(client, ctx.settings.task_queue, plan, labels)
-        ctx.repairs.saw_started(push)
+        ctx.repairs.saw_started(push.msg_id, push.created_at)
     except WorkflowAlreadyStartedError:
         pass  # the journey of this request already ran to its end
     except Exception as exc:
@@ -298,9 +299,8 @@ async def _live_status(ctx: ContextDep, app: App, push: Push) -> JourneyStatus |
     assert ctx.client is not None
     request = PushRequest.model_validate(push.request)
     plan = journey_plan(ctx.settings, push, request, policy_of(app))
-    created = push.created_at if push.created_at.tzinfo else push.created_at.replace(tzinfo=UTC)
     ahead = plan.sent_ahead_at is not None
-    if ahead and utcnow() < created + timedelta(seconds=plan.within_seconds):
+    if ahead and utcnow() < utc(push.created_at) + timedelta(seconds=plan.within_seconds):
         # Within its window, the journey of a push sent ahead has had no workflow task, so
         # there is nothing to ask it; and the server may hold such a query until the window
         # ends instead of refusing it at once (seen on the dev server: a GET took 3 s).

@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, insert, literal
@@ -28,6 +28,7 @@ from relance.ledger.devices import invalidate
 from relance.ledger.events import event_key, store_events
 from relance.ledger.funnel import progress_of
 from relance.ledger.groups import assign_in
+from relance.ledger.outbox import utc
 from relance.ledger.transitions import apply_status, bump_counts
 from relance.models import EventStatus
 from relance.states import OPEN_DELIVERIES, DeliveryStatus
@@ -492,9 +493,7 @@ def last_sent(engine: Engine, msg_id: str, stage: int) -> datetime | None:
                 col(Delivery.msg_id) == msg_id, col(Delivery.stage) == stage
             )
         ).scalar_one_or_none()
-    if at is None:
-        return None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return None if at is None else utc(at)
 
 
 def stage_result(engine: Engine, msg_id: str, stage: int) -> tuple[dict[str, int], Progress]:

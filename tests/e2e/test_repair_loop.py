@@ -25,7 +25,7 @@ async def test_the_repair_loop_skips_what_its_api_started_and_reaches_the_push_b
     # then one whose API died before its start.
     started = [ledger.accept_push(engine, key, request).push for _ in range(PAGE + 100)]
     for push in started:
-        repairs.saw_started(push)
+        repairs.saw_started(push.msg_id, push.created_at)
     orphan = ledger.accept_push(engine, key, request).push
     settings = Settings(task_queue=task_queue, journey_repair_after_seconds=0)
 
