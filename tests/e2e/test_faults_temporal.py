@@ -24,6 +24,7 @@ is kept."""
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 from datetime import datetime
@@ -36,7 +37,7 @@ from sqlalchemy import text
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from cli import temporal_dev_command, wait_port
+from cli import temporal_dev_command
 from tests.e2e.conftest import Stack, relance_stack
 from tests.e2e.faults import fresh_database, ledger_pushes, per_device, register, state
 from tests.stack import eventually, free_port
@@ -69,15 +70,30 @@ class TemporalServer:
     """`temporal server start-dev` on a fixed port and SQLite file, as a process to kill."""
 
     def __init__(self, db_file: Path, log: Path) -> None:
+        self.db_file, self.log = db_file, log
         self.port, self.ui_port = free_port(), free_port()
-        self.cmd = temporal_dev_command(db_file, self.port, self.ui_port)
-        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
-        wait_port(self.port)
+        """Start it; a restart keeps its ports. A free port can be taken between free_port()
+        and the server's bind (a fresh clone's run once lost its UI port so, and the server
+        exited "address already in use"): the first start tries new ports then, up to 3 times."""
+        for attempt in range(3):
+            cmd = temporal_dev_command(self.db_file, self.port, self.ui_port)
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                        self.started = True
+                        return
+                time.sleep(0.2)
+            if self.started or self.proc.poll() is None or attempt == 2:
+                break
+            self.port, self.ui_port = free_port(), free_port()  # lost a port: new ones
+        raise RuntimeError(f"the Temporal dev server did not listen on {self.port}: {self.log}")
 
     def kill(self) -> None:
         assert self.proc is not None
